@@ -1,0 +1,16 @@
+use granary_sdk::grain;
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct G {
+    value: u64,
+}
+
+#[grain]
+impl G {
+    pub fn take(self) -> u64 {
+        self.value
+    }
+}
+
+fn main() {}

@@ -1,0 +1,381 @@
+//! One grain's activation: a tokio task that owns the grain's `Store` and runs one turn
+//! at a time from a bounded mailbox.
+//!
+//! A turn that returns `ok` has its staged effects committed in one batch, and its caller
+//! is answered only once that batch is durable. A turn that returns `err`, traps or
+//! overruns its deadline commits nothing, and the instance is dropped (its memory may no
+//! longer match committed state); the next message reactivates from committed state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wasmtime::{Store, UpdateDeadline};
+
+use crate::grain_id::GrainId;
+use crate::message::{Call, CallChain, CallError, Message};
+use crate::runtime::bindings::Grain;
+use crate::runtime::bindings::types::DeactivationReason as WitReason;
+use crate::runtime::{GrainHost, GrainKind, Turn};
+use crate::silo::Silo;
+use crate::storage::{MessageId, TurnCommit};
+
+/// Why an activation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DeactivationReason {
+    Idle = 0,
+    Evicted = 1,
+    Drain = 2,
+    Upgrade = 3,
+}
+
+impl DeactivationReason {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Evicted,
+            2 => Self::Drain,
+            3 => Self::Upgrade,
+            _ => Self::Idle,
+        }
+    }
+
+    fn to_wit(self) -> WitReason {
+        match self {
+            Self::Idle => WitReason::Idle,
+            Self::Evicted => WitReason::Evicted,
+            Self::Drain => WitReason::Drain,
+            Self::Upgrade => WitReason::Upgrade,
+        }
+    }
+}
+
+/// What the catalog knows about an activation; shared with its task.
+pub struct ActivationInfo {
+    pub id: GrainId,
+    /// Tells this activation from a later one of the same grain.
+    pub generation: u64,
+    pub version: String,
+    /// Milliseconds since the catalog started; orders least-recently-used eviction.
+    pub last_active: AtomicU64,
+    /// Messages enqueued and not yet finished: an activation with none is idle.
+    pub pending: AtomicUsize,
+    /// Set (with `reason`) to ask the activation to deactivate after its current turn.
+    pub deactivate: CancellationToken,
+    reason: AtomicU8,
+    /// Cancelled once the activation has committed its last turn and left the catalog;
+    /// callers that found its mailbox closed wait on it before activating a successor.
+    pub stopped: CancellationToken,
+}
+
+impl ActivationInfo {
+    pub fn new(id: GrainId, generation: u64, version: String, now_ms: u64) -> Self {
+        Self {
+            id,
+            generation,
+            version,
+            last_active: AtomicU64::new(now_ms),
+            pending: AtomicUsize::new(0),
+            deactivate: CancellationToken::new(),
+            reason: AtomicU8::new(DeactivationReason::Idle as u8),
+            stopped: CancellationToken::new(),
+        }
+    }
+
+    pub fn request_deactivation(&self, reason: DeactivationReason) {
+        self.reason.store(reason as u8, Ordering::Relaxed);
+        self.deactivate.cancel();
+    }
+
+    fn reason(&self) -> DeactivationReason {
+        DeactivationReason::from_u8(self.reason.load(Ordering::Relaxed))
+    }
+}
+
+/// A live instance: the store and the bindings to its exports.
+struct Live {
+    store: Store<GrainHost>,
+    grain: Grain,
+}
+
+pub struct Activation {
+    silo: Arc<Silo>,
+    info: Arc<ActivationInfo>,
+    kind: Arc<GrainKind>,
+    live: Option<Live>,
+    turn_timeout: Duration,
+}
+
+/// A trap raised by the epoch callback when a turn overruns its deadline.
+#[derive(Debug)]
+struct TurnDeadline;
+
+impl std::fmt::Display for TurnDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("turn deadline exceeded")
+    }
+}
+
+impl std::error::Error for TurnDeadline {}
+
+impl Activation {
+    pub fn spawn(
+        silo: Arc<Silo>,
+        info: Arc<ActivationInfo>,
+        kind: Arc<GrainKind>,
+        mailbox: mpsc::Receiver<Message>,
+    ) {
+        let turn_timeout = silo.config.turn_timeout(&kind.name);
+        let activation = Self {
+            silo: silo.clone(),
+            info,
+            kind,
+            live: None,
+            turn_timeout,
+        };
+        silo.tasks.spawn(activation.run(mailbox));
+    }
+
+    async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
+        let idle = self.silo.config.idle_timeout();
+        let reason = loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.info.deactivate.cancelled() => break self.info.reason(),
+                next = tokio::time::timeout(idle, mailbox.recv()) => next,
+            };
+            match next {
+                Ok(Some(message)) => self.turn(message).await,
+                // The catalog holds a sender while the activation is registered.
+                Ok(None) => break DeactivationReason::Drain,
+                Err(_) if self.silo.catalog.begin_idle_deactivation(&self.info) => {
+                    break DeactivationReason::Idle;
+                }
+                Err(_) => {}
+            }
+        };
+        // No new messages from here on; those already queued still get their turn.
+        mailbox.close();
+        while let Some(message) = mailbox.recv().await {
+            self.turn(message).await;
+        }
+        self.deactivate(reason).await;
+        self.silo.catalog.remove(&self.info);
+        self.info.stopped.cancel();
+    }
+
+    async fn turn(&mut self, message: Message) {
+        match message {
+            Message::Call(call) => {
+                let Call {
+                    method,
+                    payload,
+                    chain,
+                    deadline,
+                    delivery,
+                    reply,
+                } = call;
+                let result = self
+                    .call_turn(&method, &payload, chain, deadline, delivery)
+                    .await;
+                let _ = reply.send(result);
+            }
+        }
+        self.info.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    async fn call_turn(
+        &mut self,
+        method: &str,
+        payload: &[u8],
+        chain: CallChain,
+        deadline: Instant,
+        delivery: Option<MessageId>,
+    ) -> Result<Vec<u8>, CallError> {
+        let deadline = deadline.min(Instant::now() + self.turn_timeout);
+        if Instant::now() >= deadline {
+            return Err(CallError::Deadline);
+        }
+        if let Some(id) = delivery {
+            let seen = self.silo.storage.was_delivered(&self.info.id, id);
+            if seen.map_err(|e| self.storage_failed(e))? {
+                tracing::debug!(grain = %self.info.id, id, "duplicate delivery dropped");
+                return Ok(Vec::new());
+            }
+            tracing::debug!(grain = %self.info.id, id, method, "delivery");
+        }
+        let span = tracing::debug_span!("turn", grain = %self.info.id, method);
+        let _enter = span.enter();
+        let live = self.live().await?;
+        live.store.data_mut().turn = Turn::new(chain, deadline);
+        let outcome = tokio::time::timeout_at(
+            deadline.into(),
+            live.grain.call_handle(&mut live.store, method, payload),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(Ok(reply))) => {
+                self.commit(delivery).await?;
+                Ok(reply)
+            }
+            Ok(Ok(Err(grain_error))) => {
+                self.live = None;
+                Err(grain_error.into())
+            }
+            Ok(Err(trap)) => Err(self.trapped(method, trap)),
+            Err(_elapsed) => {
+                self.live = None;
+                Err(CallError::Deadline)
+            }
+        }
+    }
+
+    /// The live instance, activating one (instantiate, load state, `activate`) if needed.
+    async fn live(&mut self) -> Result<&mut Live, CallError> {
+        if self.live.is_none() {
+            let live = self.activate().await?;
+            self.live = Some(live);
+        }
+        // Set just above when it was empty.
+        Ok(self.live.as_mut().expect("live instance"))
+    }
+
+    async fn activate(&mut self) -> Result<Live, CallError> {
+        let id = self.info.id.clone();
+        let state = self
+            .silo
+            .storage
+            .load_state(&id)
+            .map_err(|e| self.storage_failed(e))?;
+        let memory_limit = self.silo.config.memory_limit(&id.kind);
+        let host = GrainHost::new(self.silo.clone(), id, memory_limit);
+        let mut store = Store::new(&self.silo.runtime.engine, host);
+        store.limiter(|host| &mut host.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().turn.deadline {
+                Err(wasmtime::Error::new(TurnDeadline))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let deadline = Instant::now() + self.turn_timeout;
+        store.data_mut().turn = Turn::new(CallChain::default(), deadline);
+        let grain = match self.kind.pre.instantiate_async(&mut store).await {
+            Ok(grain) => grain,
+            Err(e) => return Err(self.instantiate_failed(e)),
+        };
+        let activated = tokio::time::timeout_at(
+            deadline.into(),
+            grain.call_activate(&mut store, state.as_deref()),
+        )
+        .await;
+        match activated {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(message))) => {
+                let incident = incident_id();
+                tracing::error!(incident, grain = %self.info.id, %message, "activate returned an error");
+                return Err(CallError::Trapped(incident));
+            }
+            Ok(Err(trap)) => return Err(self.trapped("activate", trap)),
+            Err(_) => return Err(CallError::Deadline),
+        }
+        self.live = Some(Live { store, grain });
+        self.commit(None).await?;
+        Ok(self.live.take().expect("set just above"))
+    }
+
+    /// Commits what the turn staged and waits until it is durable.
+    async fn commit(&mut self, delivery: Option<MessageId>) -> Result<(), CallError> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let turn = std::mem::replace(
+            &mut live.store.data_mut().turn,
+            Turn::new(CallChain::default(), Instant::now()),
+        );
+        let mut commit = TurnCommit::new(self.info.id.clone());
+        commit.state = turn.state;
+        commit.sends = turn.sends;
+        commit.delivered = delivery;
+        if commit.is_empty() {
+            return Ok(());
+        }
+        let sends = !commit.sends.is_empty();
+        match self.silo.storage.commit(commit).wait().await {
+            Ok(()) => {
+                if sends {
+                    self.silo.outbox.wake();
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.storage_failed(e)),
+        }
+    }
+
+    async fn deactivate(&mut self, reason: DeactivationReason) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + self.turn_timeout;
+        live.store.data_mut().turn = Turn::new(CallChain::default(), deadline);
+        let outcome = tokio::time::timeout_at(
+            deadline.into(),
+            live.grain.call_deactivate(&mut live.store, reason.to_wit()),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(Ok(()))) => {
+                if let Err(e) = self.commit(None).await {
+                    tracing::warn!(grain = %self.info.id, error = %e, "deactivate commit failed");
+                }
+            }
+            Ok(Ok(Err(message))) => {
+                tracing::warn!(grain = %self.info.id, %message, "deactivate returned an error");
+            }
+            Ok(Err(trap)) => {
+                self.trapped("deactivate", trap);
+            }
+            Err(_) => tracing::warn!(grain = %self.info.id, "deactivate overran its deadline"),
+        }
+        self.live = None;
+        tracing::debug!(grain = %self.info.id, ?reason, "deactivated");
+    }
+
+    /// Logs a trap under a fresh incident id and drops the poisoned instance.
+    fn trapped(&mut self, export: &str, trap: wasmtime::Error) -> CallError {
+        self.live = None;
+        if trap.downcast_ref::<TurnDeadline>().is_some() {
+            return CallError::Deadline;
+        }
+        let incident = incident_id();
+        tracing::error!(incident, grain = %self.info.id, export, error = ?trap, "grain trapped");
+        CallError::Trapped(incident)
+    }
+
+    fn instantiate_failed(&self, e: wasmtime::Error) -> CallError {
+        if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            tracing::warn!(grain = %self.info.id, error = %e, "instance pool exhausted");
+            return CallError::Overloaded;
+        }
+        let incident = incident_id();
+        tracing::error!(incident, grain = %self.info.id, error = ?e, "instantiation failed");
+        CallError::Trapped(incident)
+    }
+
+    /// Storage failures are retryable from the caller's side; the instance is dropped
+    /// because its memory may hold effects that never became durable.
+    fn storage_failed(&mut self, e: crate::storage::StorageError) -> CallError {
+        self.live = None;
+        tracing::error!(grain = %self.info.id, error = %e, "storage failed; turn not acknowledged");
+        CallError::Overloaded
+    }
+}
+
+pub fn incident_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}

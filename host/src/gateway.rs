@@ -1,0 +1,263 @@
+//! The HTTP gateway (axum): grain calls, probes, metrics and the admin routes.
+//!
+//! `status_of` is the one place a `CallError` becomes an HTTP status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::grain_id::GrainId;
+use crate::message::{CallChain, CallError};
+use crate::silo::Silo;
+
+/// Seconds a refused client should wait before retrying (503 responses).
+const RETRY_AFTER_SECS: &str = "1";
+const MAX_METHOD_LEN: usize = 128;
+
+pub fn router(silo: Arc<Silo>) -> Router {
+    // The body limit is enforced by axum while reading; one byte over the payload cap
+    // is still read so the cap itself is allowed.
+    let limit = silo.config.max_payload_bytes;
+    Router::new()
+        .route("/v1/grains/{kind}/{key}/{method}", post(call_grain))
+        .route("/v1/grains", get(list_activations))
+        .route("/v1/kinds", get(list_kinds))
+        .route("/v1/admin/drain", post(request_drain))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(silo)
+}
+
+async fn call_grain(
+    State(silo): State<Arc<Silo>>,
+    Path((kind, key, method)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let body = body.map_err(|r| match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                CallError::TooLarge(silo.config.max_payload_bytes as u64)
+            }
+            _ => CallError::BadPayload(r.body_text()),
+        })?;
+        let target = GrainId::parse(&kind, &key).map_err(|e| CallError::BadId(e.to_string()))?;
+        validate_method(&method)?;
+        if !silo.lifecycle.is_admitting() {
+            return Err(CallError::Draining);
+        }
+        let deadline = Instant::now() + silo.config.call_timeout();
+        silo.call(
+            target,
+            method,
+            body.to_vec(),
+            CallChain::default(),
+            deadline,
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(reply) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            reply,
+        )
+            .into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn validate_method(method: &str) -> Result<(), CallError> {
+    let valid = !method.is_empty()
+        && method.len() <= MAX_METHOD_LEN
+        && method
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(CallError::BadId(format!(
+            "invalid method name: use 1..={MAX_METHOD_LEN} of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+/// The one mapping from `CallError` to HTTP status.
+pub fn status_of(e: &CallError) -> StatusCode {
+    match e {
+        CallError::BadId(_) | CallError::BadPayload(_) => StatusCode::BAD_REQUEST,
+        CallError::UnknownKind(_) | CallError::UnknownMethod(_) => StatusCode::NOT_FOUND,
+        CallError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        CallError::App(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        CallError::Trapped(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        CallError::Deadline => StatusCode::GATEWAY_TIMEOUT,
+        CallError::Overloaded | CallError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        CallError::Cycle(_) => StatusCode::LOOP_DETECTED,
+    }
+}
+
+fn error_response(e: &CallError) -> Response {
+    let mut body = json!({ "error": e.code(), "message": e.to_string() });
+    if let CallError::Trapped(incident) = e {
+        body["incident"] = json!(incident);
+    }
+    let mut response = (status_of(e), Json(body)).into_response();
+    if status_of(e) == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    response
+}
+
+async fn readyz(State(silo): State<Arc<Silo>>) -> Response {
+    let state = silo.lifecycle.state();
+    let status = if silo.lifecycle.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "state": state }))).into_response()
+}
+
+async fn metrics(State(silo): State<Arc<Silo>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        silo.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn list_kinds(State(silo): State<Arc<Silo>>) -> Json<serde_json::Value> {
+    let activations = silo.catalog.summaries();
+    let kinds: Vec<_> = silo
+        .kinds
+        .list()
+        .iter()
+        .map(|k| {
+            let count = activations.iter().filter(|a| a.kind == k.name).count();
+            json!({ "kind": k.name, "version": k.version, "activations": count })
+        })
+        .collect();
+    Json(json!({ "kinds": kinds }))
+}
+
+async fn list_activations(State(silo): State<Arc<Silo>>) -> Json<serde_json::Value> {
+    Json(json!({ "activations": silo.catalog.summaries() }))
+}
+
+async fn request_drain(
+    State(silo): State<Arc<Silo>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = authorize_admin(&silo, peer, &headers) {
+        return denied.into_response();
+    }
+    silo.lifecycle.drain_requested.cancel();
+    (StatusCode::ACCEPTED, Json(json!({ "state": "draining" }))).into_response()
+}
+
+/// Why an admin request was refused.
+struct Denied(StatusCode, &'static str);
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": "forbidden", "message": self.1 });
+        (self.0, Json(body)).into_response()
+    }
+}
+
+/// With a configured token: a matching bearer token (compared in constant time). Without
+/// one: loopback clients only.
+fn authorize_admin(silo: &Silo, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Denied> {
+    let deny = Denied;
+    match &silo.config.admin_token {
+        Some(token) => {
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(deny(
+                    StatusCode::UNAUTHORIZED,
+                    "admin routes need the bearer token",
+                ))
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(deny(
+            StatusCode::FORBIDDEN,
+            "admin routes answer loopback clients only when no admin_token is configured",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods() {
+        assert!(validate_method("increment").is_ok());
+        assert!(validate_method("get-all_2").is_ok());
+        for bad in ["", "a/b", "a b", "é", &"m".repeat(129)] {
+            assert!(validate_method(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_error_has_a_status() {
+        let errors = [
+            CallError::UnknownKind("x".into()),
+            CallError::BadId("x".into()),
+            CallError::UnknownMethod("x".into()),
+            CallError::BadPayload("x".into()),
+            CallError::App("x".into()),
+            CallError::Trapped("x".into()),
+            CallError::Deadline,
+            CallError::Overloaded,
+            CallError::Draining,
+            CallError::Cycle("x".into()),
+            CallError::TooLarge(1),
+        ];
+        let statuses: Vec<u16> = errors.iter().map(|e| status_of(e).as_u16()).collect();
+        assert_eq!(
+            statuses,
+            [404, 400, 404, 400, 422, 500, 504, 503, 503, 508, 413]
+        );
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

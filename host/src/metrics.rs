@@ -1,0 +1,105 @@
+//! Prometheus metrics of the silo, served as text on `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub kind: String,
+    /// `ok` or a `CallError` code.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub calls: Family<CallLabels, Counter>,
+    pub call_seconds: Family<KindLabels, Histogram>,
+    pub activations: Gauge,
+    pub flush_seconds: Histogram,
+    pub sends_delivered: Counter,
+    pub sends_dropped: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+impl Metrics {
+    /// `silo` labels every series with the silo's name (the pod name under Kubernetes).
+    pub fn new(silo: &str) -> Self {
+        let mut root = Registry::with_prefix_and_labels(
+            "granary",
+            [("silo".into(), silo.to_owned().into())].into_iter(),
+        );
+        let calls = Family::<CallLabels, Counter>::default();
+        let call_seconds =
+            Family::<KindLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let activations = Gauge::default();
+        let flush_seconds = latency_histogram();
+        let sends_delivered = Counter::default();
+        let sends_dropped = Counter::default();
+        root.register("calls", "Calls by kind and outcome", calls.clone());
+        root.register(
+            "call_duration_seconds",
+            "Call latency by kind, queueing and commit included",
+            call_seconds.clone(),
+        );
+        root.register("activations", "Live activations", activations.clone());
+        root.register(
+            "storage_flush_duration_seconds",
+            "Duration of one group-commit flush",
+            flush_seconds.clone(),
+        );
+        root.register(
+            "sends_delivered",
+            "One-way messages delivered from the outbox",
+            sends_delivered.clone(),
+        );
+        root.register(
+            "sends_dropped",
+            "One-way messages dropped after a permanent delivery error",
+            sends_dropped.clone(),
+        );
+        Self {
+            registry: root,
+            calls,
+            call_seconds,
+            activations,
+            flush_seconds,
+            sends_delivered,
+            sends_dropped,
+        }
+    }
+
+    pub fn observe_call(&self, kind: &str, outcome: &str, seconds: f64) {
+        self.calls
+            .get_or_create(&CallLabels {
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.call_seconds
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String");
+        out
+    }
+}

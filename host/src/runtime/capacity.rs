@@ -1,0 +1,70 @@
+//! How many activations this process can hold.
+//!
+//! Every live instance costs a few memory mappings, and Linux stops a process at
+//! `vm.max_map_count` (65530 by default) with an mmap failure. The silo reads the limit at
+//! start-up and sizes its instance pool and `max_activations` below it, so that a busy silo
+//! evicts least-recently-used activations instead of failing.
+
+/// Mappings one live activation adds (linear memory and its copy-on-write image, tables,
+/// instance state), with headroom.
+pub const MAPPINGS_PER_ACTIVATION: u64 = 6;
+/// Mappings the rest of the process needs (code, heap, thread stacks, sled, fiber stacks).
+const RESERVED_MAPPINGS: u64 = 16_384;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// `vm.max_map_count` as read at start-up (None when unreadable).
+    pub max_map_count: Option<u64>,
+    /// Live activations the silo allows.
+    pub max_activations: u32,
+    /// Pool slots: activations plus room for those still deactivating.
+    pub instances: u32,
+}
+
+impl Capacity {
+    pub fn plan(configured: u32) -> Self {
+        let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        Self::for_limit(configured, max_map_count)
+    }
+
+    pub fn for_limit(configured: u32, max_map_count: Option<u64>) -> Self {
+        let by_maps = max_map_count
+            .map(|m| m.saturating_sub(RESERVED_MAPPINGS) / MAPPINGS_PER_ACTIVATION)
+            .map(|n| n.clamp(64, u32::MAX as u64) as u32)
+            .unwrap_or(u32::MAX);
+        let max_activations = configured.min(by_maps);
+        let headroom = (max_activations / 16).clamp(16, 1024);
+        Self {
+            max_map_count,
+            max_activations,
+            instances: max_activations.saturating_add(headroom),
+        }
+    }
+
+    /// True when `vm.max_map_count`, not the configuration, sets the limit.
+    pub fn limited_by_maps(&self, configured: u32) -> bool {
+        self.max_activations < configured
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_map_count_lowers_the_limit() {
+        let c = Capacity::for_limit(100_000, Some(65_530));
+        assert_eq!(c.max_activations, (65_530 - RESERVED_MAPPINGS as u32) / 6);
+        assert!(c.limited_by_maps(100_000));
+        assert!(c.instances > c.max_activations);
+    }
+
+    #[test]
+    fn configured_limit_wins_when_lower() {
+        let c = Capacity::for_limit(100, Some(1 << 20));
+        assert_eq!(c.max_activations, 100);
+        assert_eq!(c.instances, 116);
+    }
+}

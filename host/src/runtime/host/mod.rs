@@ -1,0 +1,87 @@
+//! The per-activation store data ([`GrainHost`]) and the grain world's imports, one file
+//! per WIT interface. Everything a turn stages lives in [`Turn`] until the activation
+//! commits or discards it.
+
+mod calls;
+mod context;
+mod output;
+mod reminders;
+mod state;
+mod timers;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::grain_id::GrainId;
+use crate::message::CallChain;
+use crate::silo::Silo;
+use crate::storage::{OutboxEntry, StateChange};
+
+pub use output::GuestOutput;
+
+/// The data of one activation's `Store`.
+pub struct GrainHost {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limits: StoreLimits,
+    pub id: GrainId,
+    pub silo: Arc<Silo>,
+    pub turn: Turn,
+}
+
+/// What the running turn has staged, and the context it runs in.
+pub struct Turn {
+    pub state: Option<StateChange>,
+    pub sends: Vec<OutboxEntry>,
+    pub chain: CallChain,
+    pub deadline: Instant,
+}
+
+impl Turn {
+    pub fn new(chain: CallChain, deadline: Instant) -> Self {
+        Self {
+            state: None,
+            sends: Vec::new(),
+            chain,
+            deadline,
+        }
+    }
+}
+
+impl GrainHost {
+    /// WASI with no preopened directories, no environment, no arguments, no network and
+    /// no inherited stdio: stdout and stderr lines go to the silo log, tagged with `id`.
+    pub fn new(silo: Arc<Silo>, id: GrainId, memory_limit: usize) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestOutput::new(id.clone(), "stdout"))
+            .stderr(GuestOutput::new(id.clone(), "stderr"))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            id,
+            silo,
+            turn: Turn::new(CallChain::default(), Instant::now()),
+        }
+    }
+}
+
+impl WasiView for GrainHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::runtime::bindings::types::Host for GrainHost {}

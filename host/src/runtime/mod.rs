@@ -1,0 +1,119 @@
+//! The wasmtime side of the silo: one `Engine` (component model, async, epoch
+//! interruption, pooling allocator), the `Linker` with WASI and the grain host interfaces,
+//! the kinds loaded from the grains directory, and the per-activation store data.
+//!
+//! Errors: wasmtime's own `Result` is a trap or a host bug; what the guest sees is the
+//! inner WIT result. `?` turns wasmtime errors into `anyhow` for plumbing.
+
+pub mod bindings;
+mod cache;
+mod capacity;
+pub mod host;
+mod kinds;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::error::Context as _;
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use capacity::Capacity;
+pub use host::{GrainHost, Turn};
+pub use kinds::{GrainKind, KindError, Kinds};
+
+use crate::config::Config;
+
+/// How often the epoch advances: the granularity of deadlines and of yielding a busy
+/// guest back to tokio.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Async fiber stacks are needed only while a turn runs, not per live activation, so the
+/// pool holds far fewer of them than instances.
+const MAX_CONCURRENT_TURNS: u32 = 2048;
+
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<GrainHost>,
+    pub capacity: Capacity,
+    /// Stops the epoch thread when the runtime is dropped.
+    ticking: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let capacity = Capacity::plan(config.max_activations);
+        let engine = Engine::new(&engine_config(config, &capacity)).context("creating engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
+        bindings::Grain::add_to_linker::<_, HasSelf<_>>(&mut linker, |host| host)
+            .context("linking the grain interfaces")?;
+        let ticking = Arc::new(AtomicBool::new(true));
+        spawn_epoch_ticker(engine.clone(), ticking.clone());
+        Ok(Self {
+            engine,
+            linker,
+            capacity,
+            ticking,
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(config: &Config, capacity: &Capacity) -> wasmtime::Config {
+    let mut c = wasmtime::Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    // Measured: the concurrency machinery makes plain component calls 2-5x slower.
+    c.concurrency_support(false);
+    c.memory_init_cow(true);
+    // A small reservation per memory (instead of 4 GiB) lets 100k slots fit in the address
+    // space; the price is explicit bounds checks.
+    let memory_max = config
+        .kinds
+        .values()
+        .filter_map(|k| k.memory_limit_bytes)
+        .fold(config.memory_limit_bytes, usize::max);
+    c.memory_reservation(memory_max as u64);
+    c.memory_guard_size(64 << 10);
+    c.memory_reservation_for_growth(0);
+
+    let slots = capacity.instances;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots * 2)
+        .total_core_instances(slots * 4)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(2)
+        .max_tables_per_component(4)
+        .max_memory_size(memory_max)
+        .total_stacks(MAX_CONCURRENT_TURNS.min(slots))
+        .linear_memory_keep_resident(0);
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    c
+}
+
+fn spawn_epoch_ticker(engine: Engine, ticking: Arc<AtomicBool>) {
+    let weak = engine.weak();
+    drop(engine);
+    std::thread::Builder::new()
+        .name("granary-epoch".into())
+        .spawn(move || {
+            while ticking.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        // Spawning a thread fails only when the process is out of resources at start-up.
+        .expect("spawning the epoch thread");
+}

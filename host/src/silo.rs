@@ -1,0 +1,247 @@
+//! The silo: wires runtime, kinds, storage, catalog, outbox, gateway and lifecycle
+//! together, and is the one entry point for calls into grains.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::drain::{DrainPlan, Lifecycle, SiloState};
+use crate::grain_id::GrainId;
+use crate::message::{Call, CallChain, CallError, Message};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::runtime::{Kinds, Runtime};
+use crate::storage::{MessageId, OutboxEntry, SledStorage, Storage};
+
+pub struct Silo {
+    /// Names the silo in logs and metrics: `POD_NAME` under Kubernetes.
+    pub name: String,
+    pub config: Config,
+    pub runtime: Runtime,
+    pub kinds: Kinds,
+    pub storage: Arc<dyn Storage>,
+    pub catalog: Catalog,
+    pub outbox: Outbox,
+    pub metrics: Metrics,
+    pub lifecycle: Lifecycle,
+    /// Every activation and delivery task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl Silo {
+    /// Opens storage and loads the kinds; nothing is served yet.
+    pub fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+        let name = silo_name();
+        let metrics = Metrics::new(&name);
+        prepare_data_dir(&config.data_dir)?;
+        let storage = SledStorage::open(&config.data_dir.join("db"), metrics.flush_seconds.clone())
+            .context("opening storage")?;
+        let runtime = Runtime::new(&config)?;
+        let capacity = runtime.capacity;
+        log_capacity(&config, &runtime);
+        let kinds = Kinds::new(&runtime, &config.cache_dir());
+        kinds.load_dir(&runtime, &config.grains_dir)?;
+        let catalog = Catalog::new(
+            capacity.max_activations,
+            capacity.instances,
+            config.mailbox_capacity,
+            metrics.activations.clone(),
+        );
+        Ok(Arc::new(Self {
+            name,
+            config,
+            runtime,
+            kinds,
+            storage: Arc::new(storage),
+            catalog,
+            outbox: Outbox::default(),
+            metrics,
+            lifecycle: Lifecycle::default(),
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    /// Calls `method` on `target` and waits for the reply (committed before it is sent).
+    pub async fn call(
+        self: &Arc<Self>,
+        target: GrainId,
+        method: String,
+        payload: Vec<u8>,
+        chain: CallChain,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
+        let started = Instant::now();
+        let kind_label = if self.kinds.get(&target.kind).is_some() {
+            target.kind.clone()
+        } else {
+            "-".to_owned()
+        };
+        let result = self
+            .call_inner(target, method, payload, chain, deadline, None)
+            .await;
+        let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
+        self.metrics
+            .observe_call(&kind_label, outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Delivers a committed one-way message; the receiving turn records `id`.
+    pub async fn deliver(
+        self: &Arc<Self>,
+        entry: &OutboxEntry,
+        id: MessageId,
+        chain: CallChain,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
+        self.call_inner(
+            entry.target.clone(),
+            entry.method.clone(),
+            entry.payload.clone(),
+            chain,
+            deadline,
+            Some(id),
+        )
+        .await
+    }
+
+    async fn call_inner(
+        self: &Arc<Self>,
+        target: GrainId,
+        method: String,
+        payload: Vec<u8>,
+        chain: CallChain,
+        deadline: Instant,
+        delivery: Option<MessageId>,
+    ) -> Result<Vec<u8>, CallError> {
+        let cap = self.config.max_payload_bytes;
+        if payload.len() > cap {
+            return Err(CallError::TooLarge(cap as u64));
+        }
+        if chain.contains(&target) {
+            return Err(CallError::Cycle(chain.describe_cycle(&target)));
+        }
+        let (reply, replied) = oneshot::channel();
+        let message = Message::Call(Call {
+            method,
+            payload,
+            chain,
+            deadline,
+            delivery,
+            reply,
+        });
+        self.catalog.place(self, &target, message, deadline).await?;
+        match tokio::time::timeout_at(deadline.into(), replied).await {
+            Ok(Ok(result)) => result,
+            // The activation dropped the call without answering: it was interrupted.
+            Ok(Err(_)) => Err(CallError::Draining),
+            Err(_) => Err(CallError::Deadline),
+        }
+    }
+}
+
+/// A silo that serves HTTP; `shutdown` drains it.
+pub struct RunningSilo {
+    pub silo: Arc<Silo>,
+    pub addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+    stop_server: tokio_util::sync::CancellationToken,
+}
+
+impl RunningSilo {
+    /// Binds the gateway, starts background loops and marks the silo serving.
+    pub async fn start(silo: Arc<Silo>) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(silo.config.listen)
+            .await
+            .with_context(|| format!("binding {}", silo.config.listen))?;
+        let addr = listener.local_addr()?;
+        let stop_server = tokio_util::sync::CancellationToken::new();
+        let router = crate::gateway::router(silo.clone());
+        let stop = stop_server.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "gateway failed");
+            }
+        });
+        tokio::spawn(Outbox::run(silo.clone()));
+        silo.lifecycle.set(SiloState::Serving);
+        tracing::info!(%addr, silo = %silo.name, kinds = silo.kinds.list().len(), "serving");
+        Ok(Self {
+            silo,
+            addr,
+            server,
+            stop_server,
+        })
+    }
+
+    /// Drains the silo, then stops the gateway. Returns whether the drain finished in time.
+    pub async fn shutdown(self) -> bool {
+        let ok = crate::drain::drain(&self.silo, DrainPlan::default()).await;
+        self.stop_server.cancel();
+        let _ = self.server.await;
+        self.silo.tasks.close();
+        ok
+    }
+}
+
+/// The data directory is created if only its last component is missing (like `mkdir`),
+/// so a typo in a parent path fails loudly instead of writing somewhere unexpected.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent
+            && !parent.is_dir()
+        {
+            bail!(
+                "data directory {} cannot be created: its parent {} does not exist",
+                dir.display(),
+                parent.display()
+            );
+        }
+        std::fs::create_dir(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    }
+    if !dir.is_dir() {
+        bail!("data directory {} is not a directory", dir.display());
+    }
+    let probe = dir.join(".granary-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn silo_name() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "local".to_owned())
+}
+
+fn log_capacity(config: &Config, runtime: &Runtime) {
+    let c = runtime.capacity;
+    tracing::info!(
+        max_activations = c.max_activations,
+        instance_slots = c.instances,
+        max_map_count = ?c.max_map_count,
+        "activation capacity"
+    );
+    if c.limited_by_maps(config.max_activations) {
+        tracing::warn!(
+            configured = config.max_activations,
+            allowed = c.max_activations,
+            "vm.max_map_count limits live activations; raise it (sysctl -w vm.max_map_count=1048576) to allow more"
+        );
+    }
+}

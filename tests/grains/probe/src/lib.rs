@@ -1,0 +1,216 @@
+//! `probe`: a test grain that misbehaves on request, for the host's integration tests.
+//!
+//! It fails after writing, traps, loops forever, holds a turn for a while, allocates, calls
+//! itself, and records each deactivation in its state. Not an example to copy.
+//!
+//! ```text
+//! cargo xtask build
+//! cargo xtask demo
+//! granary call probe/a set 5                   # 5
+//! granary call probe/a fail_after_write 9      # 422 "failed on purpose"; get still says 5
+//! granary call probe/a state                   # {"value":5,"deactivations":0,...}
+//! ```
+//!
+//! (`granary call counter/alice increment 5` calls the `counter` example the same way.)
+//! The component is `target/wasm32-wasip2/guest/probe.wasm`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use granary_sdk::{Ctx, DeactivationReason, GrainId, ReminderTick, grain};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The probe's state.
+///
+/// Serialized as `{"value":..,"deactivations":..,"last_deactivation":..}`; the tick counters
+/// appear only once a timer or reminder has fired.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Probe {
+    value: u64,
+    deactivations: u64,
+    last_deactivation: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    timer_ticks: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    reminder_ticks: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_reminder: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The argument of `send_to`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendArgs {
+    /// The receiving probe's key.
+    pub key: String,
+    /// The value to `set` there.
+    pub value: u64,
+}
+
+/// The argument of `start_timer` and `start_reminder`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScheduleArgs {
+    /// The timer's or reminder's name.
+    pub name: String,
+    /// Milliseconds to the first tick.
+    pub due_ms: u64,
+    /// Milliseconds between ticks (0: a timer fires once).
+    pub period_ms: u64,
+}
+
+fn probe(key: impl Into<String>) -> GrainId {
+    GrainId::new("probe", key)
+}
+
+#[grain]
+impl Probe {
+    /// Sets the value and returns it.
+    pub fn set(&mut self, value: u64) -> u64 {
+        self.value = value;
+        self.value
+    }
+
+    /// The value.
+    pub fn get(&self) -> u64 {
+        self.value
+    }
+
+    /// The whole state.
+    pub fn state(&self) -> &Probe {
+        self
+    }
+
+    /// Sets the value, then fails: the write must not be committed.
+    pub fn fail_after_write(&mut self, value: u64) -> Result<(), String> {
+        self.value = value;
+        Err("failed on purpose".into())
+    }
+
+    /// Panics, which traps the instance.
+    pub fn trap(&self) {
+        panic!("probe trapped on purpose");
+    }
+
+    /// Loops forever without looking at `cancelled()`: only the host's deadline stops it.
+    pub fn spin(&self) {
+        let mut n = 0u64;
+        loop {
+            n = black_box(n.wrapping_add(1));
+        }
+    }
+
+    /// Loops until the silo cancels the turn; returns the iterations.
+    pub fn spin_until_cancelled(&self, ctx: &mut Ctx) -> u64 {
+        let mut n = 0u64;
+        while !ctx.cancelled() {
+            n = black_box(n + 1);
+        }
+        n
+    }
+
+    /// Busy-waits `ms` milliseconds of wall-clock time (holds the turn); returns the
+    /// milliseconds actually waited.
+    pub fn sleep_ms(&self, ctx: &mut Ctx, ms: u64) -> u64 {
+        let start = ctx.now_ms();
+        loop {
+            let elapsed = ctx.now_ms().saturating_sub(start);
+            if elapsed >= ms {
+                return elapsed;
+            }
+            black_box(elapsed);
+        }
+    }
+
+    /// Allocates `mib` MiB, touches every byte, and returns the length in bytes.
+    pub fn alloc_mib(&self, mib: u64) -> Result<u64, String> {
+        let len = usize::try_from(mib)
+            .ok()
+            .and_then(|mib| mib.checked_mul(1 << 20))
+            .ok_or_else(|| format!("{mib} MiB does not fit in memory"))?;
+        let block = black_box(vec![0xa5u8; len]);
+        Ok(block.len() as u64)
+    }
+
+    /// Replies with the payload.
+    pub fn echo(&self, value: Value) -> Value {
+        value
+    }
+
+    /// Calls its own `get`: the silo must refuse with a cycle error, returned as the `Err`.
+    pub fn call_self(&self, ctx: &mut Ctx) -> Result<u64, String> {
+        let me = ctx.self_id();
+        ctx.call(&me, "get", &()).map_err(|e| e.to_string())
+    }
+
+    /// Sends `set 7` to `probe/<key>` and then fails: the send must never be delivered.
+    pub fn send_then_fail(&self, ctx: &mut Ctx, key: String) -> Result<(), String> {
+        ctx.send(&probe(key), "set", &7u64)
+            .map_err(|e| e.to_string())?;
+        Err("failed after sending on purpose".into())
+    }
+
+    /// Sends `set value` to `probe/<key>`.
+    pub fn send_to(&mut self, ctx: &mut Ctx, args: SendArgs) -> Result<(), String> {
+        ctx.send(&probe(args.key), "set", &args.value)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Logs `n` lines through the silo's log and `n` lines on stdout; returns `n`.
+    pub fn log_lines(&self, ctx: &mut Ctx, n: u64) -> u64 {
+        for i in 0..n {
+            ctx.info(format!("probe log line {i}"));
+            println!("probe stdout line {i}");
+        }
+        n
+    }
+
+    /// Clears the stored state.
+    pub fn clear(&mut self, ctx: &mut Ctx) {
+        ctx.clear_state();
+    }
+
+    /// Registers a volatile timer; each tick increments `timer_ticks`.
+    pub fn start_timer(&mut self, ctx: &mut Ctx, args: ScheduleArgs) -> Result<(), String> {
+        let due = Duration::from_millis(args.due_ms);
+        ctx.register_timer(&args.name, due, Duration::from_millis(args.period_ms))
+    }
+
+    /// Cancels a timer.
+    pub fn stop_timer(&mut self, ctx: &mut Ctx, name: String) {
+        ctx.cancel_timer(&name);
+    }
+
+    /// Registers a durable reminder; each tick increments `reminder_ticks`.
+    pub fn start_reminder(&mut self, ctx: &mut Ctx, args: ScheduleArgs) -> Result<(), String> {
+        let due = Duration::from_millis(args.due_ms);
+        ctx.register_reminder(&args.name, due, Duration::from_millis(args.period_ms))
+    }
+
+    /// Cancels a reminder.
+    pub fn stop_reminder(&mut self, ctx: &mut Ctx, name: String) {
+        ctx.cancel_reminder(&name);
+    }
+
+    /// The names of the registered reminders.
+    pub fn reminders(&self, ctx: &mut Ctx) -> Vec<String> {
+        ctx.reminders().into_iter().map(|r| r.name).collect()
+    }
+
+    fn on_deactivate(&mut self, reason: DeactivationReason) {
+        self.deactivations += 1;
+        self.last_deactivation = Some(format!("{reason:?}"));
+    }
+
+    fn on_timer(&mut self, _name: &str) {
+        self.timer_ticks += 1;
+    }
+
+    fn on_reminder(&mut self, _name: &str, tick: ReminderTick) {
+        self.reminder_ticks += 1;
+        self.last_reminder = Some(tick.idempotency_key);
+    }
+}

@@ -1,0 +1,236 @@
+//! The harness of the workspace integration tests: a real silo with the real example
+//! components, in-process ([`TestSilo`]) or as a `granary serve` child process
+//! ([`ChildSilo`]) that can be killed with SIGKILL or drained with SIGTERM.
+//!
+//! The components come from `cargo xtask build` (`target/grains`, `target/test-grains`);
+//! `cargo xtask test` builds them before running the tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use granary::{Config, RunningSilo, Silo};
+use tempfile::TempDir;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace root")
+        .to_path_buf()
+}
+
+/// The compiled component of `kind`, from the examples or the test fixtures.
+pub fn component(kind: &str) -> PathBuf {
+    let target = workspace_root().join("target");
+    for dir in ["grains", "test-grains"] {
+        let path = target.join(dir).join(format!("{kind}.wasm"));
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!(
+        "{kind}.wasm not found under target/grains or target/test-grains: run `cargo xtask build` (or `cargo xtask test`) first"
+    );
+}
+
+/// A fresh grains directory holding copies of the given kinds.
+pub fn grains_dir(kinds: &[&str]) -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for kind in kinds {
+        std::fs::copy(component(kind), dir.path().join(format!("{kind}.wasm")))
+            .expect("copying a component");
+    }
+    dir
+}
+
+/// Compiled components are cached across tests (the cache verifies every entry).
+pub fn shared_cache_dir() -> PathBuf {
+    workspace_root().join("target/test-compile-cache")
+}
+
+pub const ALL_KINDS: &[&str] = &["counter", "ledger", "probe"];
+
+/// A silo running inside the test process on 127.0.0.1:0.
+pub struct TestSilo {
+    pub silo: Arc<Silo>,
+    pub base: String,
+    pub client: reqwest::Client,
+    running: Option<RunningSilo>,
+    pub grains: TempDir,
+    pub data: TempDir,
+}
+
+impl TestSilo {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let grains = grains_dir(ALL_KINDS);
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            grains_dir: grains.path().to_path_buf(),
+            data_dir: data.path().join("data"),
+            cache_dir: Some(shared_cache_dir()),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let silo = tokio::task::spawn_blocking(move || Silo::open(config))
+            .await
+            .unwrap()
+            .expect("opening the silo");
+        let running = RunningSilo::start(silo.clone()).await.expect("starting");
+        Self {
+            base: format!("http://{}", running.addr),
+            silo,
+            client: reqwest::Client::new(),
+            running: Some(running),
+            grains,
+            data,
+        }
+    }
+
+    /// `POST /v1/grains/{target}/{method}` with `body`; returns status and body text.
+    pub async fn call(&self, target: &str, method: &str, body: &str) -> (u16, String) {
+        post(&self.client, &self.base, target, method, body).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    pub async fn shutdown(mut self) -> bool {
+        let running = self.running.take().expect("running");
+        running.shutdown().await
+    }
+}
+
+pub async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    target: &str,
+    method: &str,
+    body: &str,
+) -> (u16, String) {
+    let r = client
+        .post(format!("{base}/v1/grains/{target}/{method}"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// The `granary` binary built by `cargo xtask test` (or `GRANARY_BIN`).
+pub fn granary_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("GRANARY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bin = workspace_root().join("target/debug/granary");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build -p granary` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `granary serve` child process on 127.0.0.1:0 with its log in `<data>/../silo.log`.
+pub struct ChildSilo {
+    child: Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl ChildSilo {
+    pub fn spawn(grains: &Path, data: &Path, env: &[(&str, &str)]) -> Self {
+        let log = data.with_extension("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut cmd = Command::new(granary_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--grains"])
+            .arg(grains)
+            .arg("--data")
+            .arg(data)
+            .env("GRANARY_CACHE_DIR", shared_cache_dir())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning granary serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("granary: listening on ") {
+                        break url.trim().to_owned();
+                    }
+                }
+                _ => panic!(
+                    "granary serve exited before listening; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// SIGKILL: no drain, no flush; only what was acknowledged must survive.
+    pub fn kill9(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildSilo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
