@@ -16,11 +16,13 @@ use wasmtime::{Store, UpdateDeadline};
 
 use crate::grain_id::GrainId;
 use crate::message::{Call, CallChain, CallError, Message};
+use crate::reminders::{self, ReminderAdvance, ReminderChange, TickOutcome};
 use crate::runtime::bindings::Grain;
-use crate::runtime::bindings::types::DeactivationReason as WitReason;
+use crate::runtime::bindings::types::{DeactivationReason as WitReason, ReminderTick as WitTick};
+use crate::runtime::host::now_ms;
 use crate::runtime::{GrainHost, GrainKind, Turn};
 use crate::silo::Silo;
-use crate::storage::{MessageId, TurnCommit};
+use crate::storage::{DueReminder, MessageId, TurnCommit};
 
 /// Why an activation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,9 +143,14 @@ impl Activation {
     async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
         let idle = self.silo.config.idle_timeout();
         let reason = loop {
+            let timer_due = self.next_timer();
             let next = tokio::select! {
                 biased;
                 _ = self.info.deactivate.cancelled() => break self.info.reason(),
+                _ = sleep_until(timer_due), if timer_due.is_some() => {
+                    self.timer_turn().await;
+                    continue;
+                }
                 next = tokio::time::timeout(idle, mailbox.recv()) => next,
             };
             match next {
@@ -166,6 +173,48 @@ impl Activation {
         self.info.stopped.cancel();
     }
 
+    /// When the live instance's next timer is due; none while draining, so no tick starts
+    /// once the drain began.
+    fn next_timer(&self) -> Option<Instant> {
+        if !self.silo.lifecycle.is_admitting() {
+            return None;
+        }
+        self.live.as_ref()?.store.data().timers.next_due()
+    }
+
+    async fn timer_turn(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let Some(name) = live.store.data_mut().timers.take_due(Instant::now()) else {
+            return;
+        };
+        self.silo.metrics.timer_ticks.inc();
+        let deadline = Instant::now() + self.turn_timeout;
+        live.store.data_mut().turn = Turn::new(CallChain::default(), deadline);
+        let outcome = tokio::time::timeout_at(
+            deadline.into(),
+            live.grain.call_on_timer(&mut live.store, &name),
+        )
+        .await;
+        let result = match outcome {
+            Ok(Ok(Ok(()))) => self.commit(None, None).await,
+            Ok(Ok(Err(message))) => {
+                self.live = None;
+                Err(CallError::App(message))
+            }
+            Ok(Err(trap)) => Err(self.trapped("on-timer", trap)),
+            Err(_) => {
+                self.live = None;
+                Err(CallError::Deadline)
+            }
+        };
+        if let Err(e) = result {
+            // The instance (and with it every timer) is gone; the next message reactivates.
+            tracing::warn!(grain = %self.info.id, timer = %name, error = %e, "timer tick failed; the activation's timers are cancelled");
+        }
+    }
+
     async fn turn(&mut self, message: Message) {
         match message {
             Message::Call(call) => {
@@ -181,6 +230,14 @@ impl Activation {
                     .call_turn(&method, &payload, chain, deadline, delivery)
                     .await;
                 let _ = reply.send(result);
+            }
+            Message::Reminder(tick) => {
+                let result = if Instant::now() >= tick.deadline {
+                    Err(CallError::Deadline)
+                } else {
+                    self.reminder_turn(&tick.due, tick.attempt).await
+                };
+                let _ = tick.reply.send(result);
             }
         }
         self.info.pending.fetch_sub(1, Ordering::AcqRel);
@@ -217,7 +274,7 @@ impl Activation {
         .await;
         match outcome {
             Ok(Ok(Ok(reply))) => {
-                self.commit(delivery).await?;
+                self.commit(delivery, None).await?;
                 Ok(reply)
             }
             Ok(Ok(Err(grain_error))) => {
@@ -283,36 +340,143 @@ impl Activation {
             Err(_) => return Err(CallError::Deadline),
         }
         self.live = Some(Live { store, grain });
-        self.commit(None).await?;
+        self.commit(None, None).await?;
         Ok(self.live.take().expect("set just above"))
     }
 
-    /// Commits what the turn staged and waits until it is durable.
-    async fn commit(&mut self, delivery: Option<MessageId>) -> Result<(), CallError> {
+    /// Commits what the turn staged (with the delivery marker or reminder advance that
+    /// belongs to it) and waits until it is durable; then applies its timer changes.
+    async fn commit(
+        &mut self,
+        delivery: Option<MessageId>,
+        advance: Option<ReminderAdvance>,
+    ) -> Result<(), CallError> {
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
+        let host = live.store.data_mut();
         let turn = std::mem::replace(
-            &mut live.store.data_mut().turn,
+            &mut host.turn,
             Turn::new(CallChain::default(), Instant::now()),
         );
+        host.timers.apply(turn.timers, Instant::now());
         let mut commit = TurnCommit::new(self.info.id.clone());
         commit.state = turn.state;
         commit.sends = turn.sends;
         commit.delivered = delivery;
+        commit.reminders = turn.reminders.into_values().collect();
+        commit.advance = advance;
+        self.write(commit).await
+    }
+
+    /// Writes a commit and waits until it is durable, then wakes whoever acts on it.
+    async fn write(&mut self, commit: TurnCommit) -> Result<(), CallError> {
         if commit.is_empty() {
             return Ok(());
         }
         let sends = !commit.sends.is_empty();
+        let scheduled: Vec<DueReminder> = commit
+            .reminders
+            .iter()
+            .filter_map(|c| match c {
+                ReminderChange::Put(r) => Some(DueReminder {
+                    due_ms: r.next_due_ms,
+                    grain: self.info.id.clone(),
+                    name: r.name.clone(),
+                }),
+                ReminderChange::Delete(_) => None,
+            })
+            .collect();
         match self.silo.storage.commit(commit).wait().await {
             Ok(()) => {
                 if sends {
                     self.silo.outbox.wake();
                 }
+                for due in scheduled {
+                    self.silo.reminders.scheduled(due);
+                }
                 Ok(())
             }
             Err(e) => Err(self.storage_failed(e)),
         }
+    }
+
+    /// Runs one reminder tick. Errors returned here are about reaching the grain
+    /// (retried by the reminder service); what the grain does with the tick, including
+    /// failing or trapping, is recorded in the reminder and answered `Ok`.
+    async fn reminder_turn(&mut self, due: &DueReminder, attempt: u32) -> Result<(), CallError> {
+        let record = self
+            .silo
+            .storage
+            .load_reminder(&self.info.id, &due.name)
+            .map_err(|e| self.storage_failed(e))?;
+        let Some(record) = record.filter(|r| r.next_due_ms == due.due_ms) else {
+            return Ok(()); // cancelled or moved since it was loaded: a stale tick
+        };
+        let now = now_ms();
+        let firing = reminders::schedule::plan(&record.schedule, record.missed, due.due_ms, now);
+        let mut advance = ReminderAdvance {
+            name: due.name.clone(),
+            expected_due_ms: due.due_ms,
+            next_due_ms: firing.next_due_ms,
+            outcome: TickOutcome {
+                scheduled_ms: firing.scheduled_ms,
+                fired_ms: now,
+                attempts: attempt,
+                error: None,
+            },
+        };
+        if !firing.fire {
+            advance.outcome.error = Some(format!("skipped {} missed ticks", firing.missed));
+            return self.write_advance(advance).await;
+        }
+        let deadline = Instant::now() + self.turn_timeout;
+        self.silo
+            .metrics
+            .observe_reminder_lag(now.saturating_sub(firing.scheduled_ms));
+        let live = self.live().await?;
+        live.store.data_mut().turn = Turn::new(CallChain::default(), deadline);
+        let tick = WitTick {
+            scheduled_ms: firing.scheduled_ms,
+            fired_ms: now,
+            missed: firing.missed,
+            idempotency_key: format!("{}@{}", due.name, firing.scheduled_ms),
+        };
+        let outcome = tokio::time::timeout_at(
+            deadline.into(),
+            live.grain
+                .call_on_reminder(&mut live.store, &due.name, &tick),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(Ok(()))) => {
+                self.commit(None, Some(advance)).await?;
+                self.silo.metrics.reminder_ticks("fired").inc();
+                Ok(())
+            }
+            Ok(Ok(Err(message))) => {
+                self.live = None;
+                advance.outcome.error = Some(message);
+                self.write_advance(advance).await
+            }
+            Ok(Err(trap)) => {
+                let e = self.trapped("on-reminder", trap);
+                advance.outcome.error = Some(e.to_string());
+                self.write_advance(advance).await
+            }
+            Err(_) => {
+                self.live = None;
+                Err(CallError::Deadline)
+            }
+        }
+    }
+
+    /// Records a tick whose turn committed nothing else (skipped, or the grain failed).
+    async fn write_advance(&mut self, advance: ReminderAdvance) -> Result<(), CallError> {
+        self.silo.metrics.reminder_ticks("fired").inc();
+        let mut commit = TurnCommit::new(self.info.id.clone());
+        commit.advance = Some(advance);
+        self.write(commit).await
     }
 
     async fn deactivate(&mut self, reason: DeactivationReason) {
@@ -328,7 +492,7 @@ impl Activation {
         .await;
         match outcome {
             Ok(Ok(Ok(()))) => {
-                if let Err(e) = self.commit(None).await {
+                if let Err(e) = self.commit(None, None).await {
                     tracing::warn!(grain = %self.info.id, error = %e, "deactivate commit failed");
                 }
             }
@@ -373,6 +537,14 @@ impl Activation {
         self.live = None;
         tracing::error!(grain = %self.info.id, error = %e, "storage failed; turn not acknowledged");
         CallError::Overloaded
+    }
+}
+
+/// Sleeps until `at`; pending forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

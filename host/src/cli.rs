@@ -67,6 +67,13 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Show a grain's durable reminders and their last tick outcomes.
+    Reminders {
+        /// `KIND/KEY`
+        target: String,
+        #[command(flatten)]
+        client: Client,
+    },
     /// List a silo's live activations.
     Grains {
         #[command(flatten)]
@@ -145,6 +152,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => call(&client, &target, &method, json).await,
         Command::Kinds { client } => get_json(&client, "/v1/kinds").await,
         Command::Grains { client } => get_json(&client, "/v1/grains").await,
+        Command::Reminders { target, client } => {
+            let Some((kind, key)) = target.split_once('/') else {
+                bail!("target must be KIND/KEY, e.g. sync-worker/reports");
+            };
+            let path = format!(
+                "/v1/grains/{}/{}/reminders",
+                encode_segment(kind),
+                encode_segment(key)
+            );
+            get_json(&client, &path).await
+        }
         Command::Drain { client } => drain(&client).await,
     }
 }

@@ -51,6 +51,10 @@ pub struct Config {
     pub turn_grace_ms: u64,
     /// At start-up, how long to wait for another process to release the data directory.
     pub lock_wait_ms: u64,
+    /// Shortest reminder period (at least 100 ms); faster periodic work belongs in timers.
+    pub min_reminder_period_ms: u64,
+    /// Reminders one grain may hold.
+    pub max_reminders_per_grain: usize,
     /// Per-kind overrides, e.g. `[kinds.sync-worker] memory_limit_bytes = 16777216`.
     pub kinds: BTreeMap<String, KindLimits>,
 }
@@ -92,6 +96,8 @@ impl Default for Config {
             readiness_delay_ms: 0,
             turn_grace_ms: 10_000,
             lock_wait_ms: 60_000,
+            min_reminder_period_ms: 1_000,
+            max_reminders_per_grain: 256,
             kinds: BTreeMap::new(),
         }
     }
@@ -118,6 +124,8 @@ const ENV_KEYS: &[&str] = &[
     "readiness_delay_ms",
     "turn_grace_ms",
     "lock_wait_ms",
+    "min_reminder_period_ms",
+    "max_reminders_per_grain",
 ];
 /// Keys whose environment value is always a string, even when it looks like a number.
 const STRING_KEYS: &[&str] = &[
@@ -184,6 +192,9 @@ impl Config {
         }
         if self.memory_limit_bytes < (1 << 16) {
             bail!("memory_limit_bytes must be at least one wasm page (65536)");
+        }
+        if self.min_reminder_period_ms < 100 {
+            bail!("min_reminder_period_ms must be at least 100");
         }
         for kind in self.kinds.keys() {
             crate::grain_id::validate_kind(kind).context("in [kinds]")?;

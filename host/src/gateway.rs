@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::grain_id::GrainId;
 use crate::message::{CallChain, CallError};
+use crate::reminders::{MissedPolicy, ReminderRecord, Schedule};
 use crate::silo::Silo;
 
 /// Seconds a refused client should wait before retrying (503 responses).
@@ -31,6 +32,11 @@ pub fn router(silo: Arc<Silo>) -> Router {
     Router::new()
         .route("/v1/grains/{kind}/{key}/{method}", post(call_grain))
         .route("/v1/grains", get(list_activations))
+        // A grain method may be called `reminders` too: POST on this path is a call.
+        .route(
+            "/v1/grains/{kind}/{key}/reminders",
+            get(list_reminders).post(call_reminders_method),
+        )
         .route("/v1/kinds", get(list_kinds))
         .route("/v1/admin/drain", post(request_drain))
         .route("/healthz", get(|| async { "ok" }))
@@ -38,6 +44,14 @@ pub fn router(silo: Arc<Silo>) -> Router {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(silo)
+}
+
+async fn call_reminders_method(
+    silo: State<Arc<Silo>>,
+    Path((kind, key)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    call_grain(silo, Path((kind, key, "reminders".to_owned())), body).await
 }
 
 async fn call_grain(
@@ -133,7 +147,66 @@ async fn readyz(State(silo): State<Arc<Silo>>) -> Response {
     (status, Json(json!({ "state": state }))).into_response()
 }
 
+async fn list_reminders(
+    State(silo): State<Arc<Silo>>,
+    Path((kind, key)): Path<(String, String)>,
+) -> Response {
+    let grain = match GrainId::parse(&kind, &key) {
+        Ok(g) => g,
+        Err(e) => return error_response(&CallError::BadId(e.to_string())),
+    };
+    if silo.kinds.get(&grain.kind).is_none() {
+        return error_response(&CallError::UnknownKind(grain.kind));
+    }
+    match silo.storage.reminders_of(&grain) {
+        Ok(records) => {
+            let reminders: Vec<_> = records.iter().map(reminder_json).collect();
+            Json(json!({ "grain": grain.to_string(), "reminders": reminders })).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "storage", "message": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+fn reminder_json(r: &ReminderRecord) -> serde_json::Value {
+    let schedule = match &r.schedule {
+        Schedule::Every { period_ms } => json!({ "every_ms": period_ms }),
+        Schedule::Cron(expr) => json!({ "cron": expr }),
+    };
+    let missed = match r.missed {
+        MissedPolicy::FireOnce => json!("fire-once"),
+        MissedPolicy::Skip => json!("skip"),
+        MissedPolicy::CatchUp(n) => json!({ "catch-up": n }),
+    };
+    let history: Vec<_> = r
+        .history
+        .iter()
+        .map(|t| {
+            json!({
+                "scheduled_ms": t.scheduled_ms,
+                "fired_ms": t.fired_ms,
+                "attempts": t.attempts,
+                "ok": t.error.is_none(),
+                "error": t.error,
+            })
+        })
+        .collect();
+    json!({
+        "name": r.name,
+        "schedule": schedule,
+        "missed": missed,
+        "next_due_ms": r.next_due_ms,
+        "history": history,
+    })
+}
+
 async fn metrics(State(silo): State<Arc<Silo>>) -> Response {
+    silo.metrics
+        .reminders_stored
+        .set(silo.storage.reminder_count() as i64);
     (
         [(
             header::CONTENT_TYPE,

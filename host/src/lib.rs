@@ -15,6 +15,8 @@
 //! - [`message`]: mailbox messages, call chains and `CallError`.
 //! - [`storage`]: the `Storage` trait and the sled engine with group commit.
 //! - [`outbox`]: delivery of committed one-way sends, exactly once in effect.
+//! - [`timers`]: volatile per-activation timers.
+//! - [`reminders`]: durable reminders, their schedules and the reminder service.
 //! - [`drain`]: the silo lifecycle and the shutdown sequence.
 //! - [`gateway`]: the HTTP API (axum).
 //! - [`metrics`]: Prometheus metrics.
@@ -31,9 +33,11 @@ pub mod grain_id;
 pub mod message;
 pub mod metrics;
 pub mod outbox;
+pub mod reminders;
 pub mod runtime;
 pub mod silo;
 pub mod storage;
+pub mod timers;
 
 pub use config::Config;
 pub use grain_id::GrainId;

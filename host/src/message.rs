@@ -7,11 +7,21 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::grain_id::GrainId;
-use crate::storage::MessageId;
+use crate::storage::{DueReminder, MessageId};
 
 /// One unit of work for an activation; each is one turn.
 pub enum Message {
     Call(Call),
+    /// A durable reminder is due; the reply comes once the tick's turn committed.
+    Reminder(ReminderDue),
+}
+
+/// A reminder tick to run.
+pub struct ReminderDue {
+    pub due: DueReminder,
+    pub attempt: u32,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Result<(), CallError>>,
 }
 
 /// A request for `method` on the activation's grain.

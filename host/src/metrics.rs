@@ -27,6 +27,16 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     pub sends_delivered: Counter,
     pub sends_dropped: Counter,
+    pub timer_ticks: Counter,
+    reminder_ticks: Family<OutcomeLabels, Counter>,
+    reminder_lag_seconds: Histogram,
+    pub reminders_stored: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `fired`, `retried` or `failed`.
+    pub outcome: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,7 +80,35 @@ impl Metrics {
             "One-way messages dropped after a permanent delivery error",
             sends_dropped.clone(),
         );
+        let timer_ticks = Counter::default();
+        let reminder_ticks = Family::<OutcomeLabels, Counter>::default();
+        let reminder_lag_seconds = latency_histogram();
+        let reminders_stored = Gauge::default();
+        root.register(
+            "timer_ticks",
+            "Timer ticks delivered to grains",
+            timer_ticks.clone(),
+        );
+        root.register(
+            "reminder_ticks",
+            "Reminder ticks by outcome: fired, retried (transient failure), failed (gave up)",
+            reminder_ticks.clone(),
+        );
+        root.register(
+            "reminder_lag_seconds",
+            "Fire time minus scheduled time of reminder ticks",
+            reminder_lag_seconds.clone(),
+        );
+        root.register(
+            "reminders_stored",
+            "Durable reminders stored",
+            reminders_stored.clone(),
+        );
         Self {
+            timer_ticks,
+            reminder_ticks,
+            reminder_lag_seconds,
+            reminders_stored,
             registry: root,
             calls,
             call_seconds,
@@ -93,6 +131,16 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .observe(seconds);
+    }
+
+    pub fn reminder_ticks(&self, outcome: &'static str) -> Counter {
+        self.reminder_ticks
+            .get_or_create(&OutcomeLabels { outcome })
+            .clone()
+    }
+
+    pub fn observe_reminder_lag(&self, lag_ms: u64) {
+        self.reminder_lag_seconds.observe(lag_ms as f64 / 1000.0);
     }
 
     pub fn encode(&self) -> String {

@@ -14,11 +14,12 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::drain::{DrainPlan, Lifecycle, SiloState};
 use crate::grain_id::GrainId;
-use crate::message::{Call, CallChain, CallError, Message};
+use crate::message::{Call, CallChain, CallError, Message, ReminderDue};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::reminders::ReminderService;
 use crate::runtime::{Kinds, Runtime};
-use crate::storage::{MessageId, OutboxEntry, SledStorage, Storage};
+use crate::storage::{DueReminder, MessageId, OutboxEntry, SledStorage, Storage, StorageError};
 
 pub struct Silo {
     /// Names the silo in logs and metrics: `POD_NAME` under Kubernetes.
@@ -29,6 +30,7 @@ pub struct Silo {
     pub storage: Arc<dyn Storage>,
     pub catalog: Catalog,
     pub outbox: Outbox,
+    pub reminders: ReminderService,
     pub metrics: Metrics,
     pub lifecycle: Lifecycle,
     /// Every activation and delivery task, so shutdown can wait for them.
@@ -41,8 +43,7 @@ impl Silo {
         let name = silo_name();
         let metrics = Metrics::new(&name);
         prepare_data_dir(&config.data_dir)?;
-        let storage = SledStorage::open(&config.data_dir.join("db"), metrics.flush_seconds.clone())
-            .context("opening storage")?;
+        let storage = open_storage(&config, &metrics)?;
         let runtime = Runtime::new(&config)?;
         let capacity = runtime.capacity;
         log_capacity(&config, &runtime);
@@ -62,6 +63,7 @@ impl Silo {
             storage: Arc::new(storage),
             catalog,
             outbox: Outbox::default(),
+            reminders: ReminderService::default(),
             metrics,
             lifecycle: Lifecycle::default(),
             tasks: TaskTracker::new(),
@@ -109,6 +111,30 @@ impl Silo {
             Some(id),
         )
         .await
+    }
+
+    /// Runs a due reminder's tick as a turn of its grain (activating it if needed).
+    pub async fn fire_reminder(
+        self: &Arc<Self>,
+        due: &DueReminder,
+        attempt: u32,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        let (reply, replied) = oneshot::channel();
+        let message = Message::Reminder(ReminderDue {
+            due: due.clone(),
+            attempt,
+            deadline,
+            reply,
+        });
+        self.catalog
+            .place(self, &due.grain, message, deadline)
+            .await?;
+        match tokio::time::timeout_at(deadline.into(), replied).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::Draining),
+            Err(_) => Err(CallError::Deadline),
+        }
     }
 
     async fn call_inner(
@@ -175,6 +201,7 @@ impl RunningSilo {
             }
         });
         tokio::spawn(Outbox::run(silo.clone()));
+        tokio::spawn(ReminderService::run(silo.clone()));
         silo.lifecycle.set(SiloState::Serving);
         tracing::info!(%addr, silo = %silo.name, kinds = silo.kinds.list().len(), "serving");
         Ok(Self {
@@ -220,6 +247,38 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("data directory {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
+}
+
+/// Opens the database, waiting with backoff while another process holds it (the previous
+/// pod may still be draining): the silo stays unready and logs why instead of crash-looping.
+fn open_storage(config: &Config, metrics: &Metrics) -> anyhow::Result<SledStorage> {
+    let dir = config.data_dir.join("db");
+    let started = Instant::now();
+    let give_up = std::time::Duration::from_millis(config.lock_wait_ms);
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        match SledStorage::open(&dir, metrics.flush_seconds.clone()) {
+            Ok(storage) => return Ok(storage),
+            Err(StorageError::Transient(reason)) if started.elapsed() < give_up => {
+                tracing::warn!(
+                    %reason,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "data directory is locked; waiting for the other process to exit"
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)).with_context(|| {
+                    format!(
+                        "opening storage in {} (waited {} ms)",
+                        dir.display(),
+                        started.elapsed().as_millis()
+                    )
+                });
+            }
+        }
+    }
 }
 
 fn silo_name() -> String {

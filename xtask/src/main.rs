@@ -11,6 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod deploy;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -225,10 +227,13 @@ fn test(root: &Path) -> anyhow::Result<()> {
     let started = step("cargo build -p granary");
     run(cargo().args(["build", "-p", "granary"]))?;
     done(started);
+    // tests/tests/deploy.rs validates deploy/ with tools from PyPI.
+    let pytools = deploy::install_tools(root)?;
     let started = step("cargo test --workspace");
     run(cargo()
         .args(["test", "--workspace"])
-        .env("GRANARY_BIN", root.join("target/debug/granary")))?;
+        .env("GRANARY_BIN", root.join("target/debug/granary"))
+        .env("GRANARY_PYTOOLS", pytools))?;
     done(started);
     Ok(())
 }

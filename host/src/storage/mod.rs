@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::grain_id::GrainId;
+use crate::reminders::{ReminderAdvance, ReminderChange, ReminderRecord};
 
 pub use sled_store::SledStorage;
 
@@ -34,6 +35,14 @@ pub struct OutboxEntry {
     pub payload: Vec<u8>,
 }
 
+/// An entry of the reminder index: which reminder is due when.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DueReminder {
+    pub due_ms: u64,
+    pub grain: GrainId,
+    pub name: String,
+}
+
 /// What a turn does to the grain's state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateChange {
@@ -50,6 +59,10 @@ pub struct TurnCommit {
     pub sends: Vec<OutboxEntry>,
     /// The delivered message this turn consumed: recorded so a redelivery is dropped.
     pub delivered: Option<MessageId>,
+    /// Reminders the turn registered or cancelled (at most one change per name).
+    pub reminders: Vec<ReminderChange>,
+    /// The reminder tick this turn ran: its next due time commits with the turn.
+    pub advance: Option<ReminderAdvance>,
 }
 
 impl TurnCommit {
@@ -60,11 +73,17 @@ impl TurnCommit {
             state: None,
             sends: Vec::new(),
             delivered: None,
+            reminders: Vec::new(),
+            advance: None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.state.is_none() && self.sends.is_empty() && self.delivered.is_none()
+        self.state.is_none()
+            && self.sends.is_empty()
+            && self.delivered.is_none()
+            && self.reminders.is_empty()
+            && self.advance.is_none()
     }
 }
 
@@ -113,6 +132,22 @@ pub trait Storage: Send + Sync + 'static {
     fn is_pending(&self, id: MessageId) -> Result<bool, StorageError>;
     /// Removes a delivered message and its receiver's marker together, once both are moot.
     fn ack_send(&self, id: MessageId, receiver: &GrainId) -> Durable;
+    /// One stored reminder of `grain`.
+    fn load_reminder(
+        &self,
+        grain: &GrainId,
+        name: &str,
+    ) -> Result<Option<ReminderRecord>, StorageError>;
+    /// Every stored reminder of `grain`, by name.
+    fn reminders_of(&self, grain: &GrainId) -> Result<Vec<ReminderRecord>, StorageError>;
+    /// Up to `limit` reminders due at or before `until_ms`, earliest first.
+    fn due_reminders(&self, until_ms: u64, limit: usize) -> Result<Vec<DueReminder>, StorageError>;
+    /// Advances a reminder unless it changed since it was due (see [`ReminderAdvance`]).
+    fn advance_reminder(&self, grain: &GrainId, advance: ReminderAdvance) -> Durable;
+    /// Removes an index entry that no longer matches its reminder.
+    fn drop_stale_index(&self, due: &DueReminder) -> Durable;
+    /// Reminders stored in all.
+    fn reminder_count(&self) -> u64;
     /// Blocks until everything committed so far is durable.
     fn flush(&self) -> Result<(), StorageError>;
 }

@@ -8,3 +8,5 @@ mod catalog;
 mod cli;
 mod counter;
 mod crash;
+mod reminders;
+mod timers;

@@ -9,6 +9,7 @@ mod reminders;
 mod state;
 mod timers;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,9 +19,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::grain_id::GrainId;
 use crate::message::CallChain;
+use crate::reminders::ReminderChange;
 use crate::silo::Silo;
 use crate::storage::{OutboxEntry, StateChange};
+use crate::timers::{GrainTimers, TimerChange};
 
+pub use context::now_ms;
 pub use output::GuestOutput;
 
 /// The data of one activation's `Store`.
@@ -31,12 +35,17 @@ pub struct GrainHost {
     pub id: GrainId,
     pub silo: Arc<Silo>,
     pub turn: Turn,
+    /// The instance's timers: they live and die with it.
+    pub timers: GrainTimers,
 }
 
 /// What the running turn has staged, and the context it runs in.
 pub struct Turn {
     pub state: Option<StateChange>,
     pub sends: Vec<OutboxEntry>,
+    pub timers: Vec<TimerChange>,
+    /// At most one change per reminder name: the last one staged wins.
+    pub reminders: BTreeMap<String, ReminderChange>,
     pub chain: CallChain,
     pub deadline: Instant,
 }
@@ -46,6 +55,8 @@ impl Turn {
         Self {
             state: None,
             sends: Vec::new(),
+            timers: Vec::new(),
+            reminders: BTreeMap::new(),
             chain,
             deadline,
         }
@@ -71,6 +82,7 @@ impl GrainHost {
             id,
             silo,
             turn: Turn::new(CallChain::default(), Instant::now()),
+            timers: GrainTimers::default(),
         }
     }
 }

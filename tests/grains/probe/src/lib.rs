@@ -36,6 +36,13 @@ pub struct Probe {
     reminder_ticks: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_reminder: Option<String>,
+    /// Scheduled time of the last reminder tick applied.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    last_reminder_scheduled_ms: u64,
+    /// Ticks whose scheduled time was not after the last applied one: an effect applied
+    /// twice. Exactly-once delivery keeps this at zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    reminder_doubled: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -190,6 +197,12 @@ impl Probe {
         ctx.register_reminder(&args.name, due, Duration::from_millis(args.period_ms))
     }
 
+    /// Registers a reminder, then fails: the registration must not be persisted.
+    pub fn reminder_then_fail(&mut self, ctx: &mut Ctx, args: ScheduleArgs) -> Result<(), String> {
+        self.start_reminder(ctx, args)?;
+        Err("failed after registering a reminder".into())
+    }
+
     /// Cancels a reminder.
     pub fn stop_reminder(&mut self, ctx: &mut Ctx, name: String) {
         ctx.cancel_reminder(&name);
@@ -211,6 +224,10 @@ impl Probe {
 
     fn on_reminder(&mut self, _name: &str, tick: ReminderTick) {
         self.reminder_ticks += 1;
+        if tick.scheduled_ms <= self.last_reminder_scheduled_ms {
+            self.reminder_doubled += 1;
+        }
+        self.last_reminder_scheduled_ms = tick.scheduled_ms;
         self.last_reminder = Some(tick.idempotency_key);
     }
 }
