@@ -151,6 +151,8 @@ impl Activation {
                     self.timer_turn().await;
                     continue;
                 }
+                // Admission stopped: recompute without timers.
+                _ = self.silo.lifecycle.stopping.cancelled(), if timer_due.is_some() => continue,
                 next = tokio::time::timeout(idle, mailbox.recv()) => next,
             };
             match next {
@@ -183,17 +185,24 @@ impl Activation {
     }
 
     async fn timer_turn(&mut self) {
+        if !self.silo.lifecycle.is_admitting() {
+            return;
+        }
+        let silo = self.silo.clone();
+        let _running = silo.lifecycle.turn_started();
+        let interrupt = silo.lifecycle.interrupt.clone();
         let Some(live) = self.live.as_mut() else {
             return;
         };
         let Some(name) = live.store.data_mut().timers.take_due(Instant::now()) else {
             return;
         };
-        self.silo.metrics.timer_ticks.inc();
+        silo.metrics.timer_ticks.inc();
         let deadline = Instant::now() + self.turn_timeout;
         live.store.data_mut().turn = Turn::new(CallChain::default(), deadline);
-        let outcome = tokio::time::timeout_at(
-            deadline.into(),
+        let outcome = guest(
+            &interrupt,
+            deadline,
             live.grain.call_on_timer(&mut live.store, &name),
         )
         .await;
@@ -204,10 +213,7 @@ impl Activation {
                 Err(CallError::App(message))
             }
             Ok(Err(trap)) => Err(self.trapped("on-timer", trap)),
-            Err(_) => {
-                self.live = None;
-                Err(CallError::Deadline)
-            }
+            Err(stopped) => Err(self.stopped(stopped)),
         };
         if let Err(e) = result {
             // The instance (and with it every timer) is gone; the next message reactivates.
@@ -216,6 +222,8 @@ impl Activation {
     }
 
     async fn turn(&mut self, message: Message) {
+        let silo = self.silo.clone();
+        let _running = silo.lifecycle.turn_started();
         match message {
             Message::Call(call) => {
                 let Call {
@@ -263,12 +271,12 @@ impl Activation {
             }
             tracing::debug!(grain = %self.info.id, id, method, "delivery");
         }
-        let span = tracing::debug_span!("turn", grain = %self.info.id, method);
-        let _enter = span.enter();
+        let interrupt = self.silo.lifecycle.interrupt.clone();
         let live = self.live().await?;
         live.store.data_mut().turn = Turn::new(chain, deadline);
-        let outcome = tokio::time::timeout_at(
-            deadline.into(),
+        let outcome = guest(
+            &interrupt,
+            deadline,
             live.grain.call_handle(&mut live.store, method, payload),
         )
         .await;
@@ -282,10 +290,7 @@ impl Activation {
                 Err(grain_error.into())
             }
             Ok(Err(trap)) => Err(self.trapped(method, trap)),
-            Err(_elapsed) => {
-                self.live = None;
-                Err(CallError::Deadline)
-            }
+            Err(stopped) => Err(self.stopped(stopped)),
         }
     }
 
@@ -324,8 +329,10 @@ impl Activation {
             Ok(grain) => grain,
             Err(e) => return Err(self.instantiate_failed(e)),
         };
-        let activated = tokio::time::timeout_at(
-            deadline.into(),
+        let interrupt = self.silo.lifecycle.interrupt.clone();
+        let activated = guest(
+            &interrupt,
+            deadline,
             grain.call_activate(&mut store, state.as_deref()),
         )
         .await;
@@ -337,7 +344,7 @@ impl Activation {
                 return Err(CallError::Trapped(incident));
             }
             Ok(Err(trap)) => return Err(self.trapped("activate", trap)),
-            Err(_) => return Err(CallError::Deadline),
+            Err(stopped) => return Err(self.stopped(stopped)),
         }
         self.live = Some(Live { store, grain });
         self.commit(None, None).await?;
@@ -434,6 +441,7 @@ impl Activation {
         self.silo
             .metrics
             .observe_reminder_lag(now.saturating_sub(firing.scheduled_ms));
+        let interrupt = self.silo.lifecycle.interrupt.clone();
         let live = self.live().await?;
         live.store.data_mut().turn = Turn::new(CallChain::default(), deadline);
         let tick = WitTick {
@@ -442,8 +450,9 @@ impl Activation {
             missed: firing.missed,
             idempotency_key: format!("{}@{}", due.name, firing.scheduled_ms),
         };
-        let outcome = tokio::time::timeout_at(
-            deadline.into(),
+        let outcome = guest(
+            &interrupt,
+            deadline,
             live.grain
                 .call_on_reminder(&mut live.store, &due.name, &tick),
         )
@@ -464,10 +473,7 @@ impl Activation {
                 advance.outcome.error = Some(e.to_string());
                 self.write_advance(advance).await
             }
-            Err(_) => {
-                self.live = None;
-                Err(CallError::Deadline)
-            }
+            Err(stopped) => Err(self.stopped(stopped)),
         }
     }
 
@@ -502,10 +508,24 @@ impl Activation {
             Ok(Err(trap)) => {
                 self.trapped("deactivate", trap);
             }
-            Err(_) => tracing::warn!(grain = %self.info.id, "deactivate overran its deadline"),
+            Err(_) => {
+                tracing::warn!(grain = %self.info.id, "deactivate overran its deadline; its writes are discarded")
+            }
         }
         self.live = None;
         tracing::debug!(grain = %self.info.id, ?reason, "deactivated");
+    }
+
+    /// Drops an instance whose call was cut short; its staged changes go with it.
+    fn stopped(&mut self, stopped: Stopped) -> CallError {
+        self.live = None;
+        match stopped {
+            Stopped::Deadline => CallError::Deadline,
+            Stopped::Interrupted => {
+                tracing::warn!(grain = %self.info.id, "turn interrupted by the drain");
+                CallError::Draining
+            }
+        }
     }
 
     /// Logs a trap under a fresh incident id and drops the poisoned instance.
@@ -537,6 +557,28 @@ impl Activation {
         self.live = None;
         tracing::error!(grain = %self.info.id, error = %e, "storage failed; turn not acknowledged");
         CallError::Overloaded
+    }
+}
+
+/// Why a guest call did not return.
+enum Stopped {
+    Deadline,
+    Interrupted,
+}
+
+/// Runs a guest export under the turn's deadline and the drain's interrupt. Dropping the
+/// call future abandons the instance mid-call; callers discard it.
+async fn guest<T>(
+    interrupt: &CancellationToken,
+    deadline: Instant,
+    call: impl Future<Output = T>,
+) -> Result<T, Stopped> {
+    tokio::select! {
+        biased;
+        _ = interrupt.cancelled() => Err(Stopped::Interrupted),
+        result = tokio::time::timeout_at(deadline.into(), call) => {
+            result.map_err(|_| Stopped::Deadline)
+        }
     }
 }
 

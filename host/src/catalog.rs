@@ -115,6 +115,9 @@ impl Catalog {
             .kinds
             .get(&target.kind)
             .ok_or_else(|| CallError::UnknownKind(target.kind.clone()))?;
+        if !silo.lifecycle.is_admitting() {
+            return Err(CallError::Draining);
+        }
         self.make_room(&mut dir)?;
         dir.next_generation += 1;
         let info = Arc::new(ActivationInfo::new(
@@ -191,25 +194,20 @@ impl Catalog {
         true
     }
 
-    /// Asks every activation to deactivate (drain, or a kind being replaced).
-    pub fn deactivate_where(
-        &self,
-        reason: DeactivationReason,
-        filter: impl Fn(&ActivationInfo) -> bool,
-    ) -> Vec<Arc<ActivationInfo>> {
+    /// Marks every activation as deactivating and returns them, so the drain can ask them
+    /// to go in waves of bounded size.
+    pub fn begin_drain(&self) -> Vec<Arc<ActivationInfo>> {
         let mut dir = self.lock();
-        let ids: Vec<GrainId> = dir
-            .entries
-            .values()
-            .filter(|e| filter(&e.info))
-            .map(|e| e.info.id.clone())
-            .collect();
-        for id in &ids {
-            Self::mark_deactivating(&mut dir, id, reason);
+        let dir = &mut *dir;
+        let mut infos = Vec::with_capacity(dir.entries.len());
+        for entry in dir.entries.values_mut() {
+            if !entry.deactivating {
+                entry.deactivating = true;
+                dir.deactivating += 1;
+            }
+            infos.push(entry.info.clone());
         }
-        ids.iter()
-            .filter_map(|id| dir.entries.get(id).map(|e| e.info.clone()))
-            .collect()
+        infos
     }
 
     /// Unregisters a finished activation (only if it is still the registered one).

@@ -182,11 +182,32 @@ pub fn init_logging(format: LogFormat) {
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(config.log_format);
-    let silo = tokio::task::spawn_blocking(move || Silo::open(config)).await??;
-    let running = RunningSilo::start(silo.clone()).await?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    listener.set_nonblocking(true)?;
     // A fixed, parseable line: scripts and tests that pass `--listen 127.0.0.1:0` learn
-    // the port from it.
-    println!("granary: listening on http://{}", running.addr);
+    // the port from it. Probes are answered from here on (`/readyz` 503 until serving).
+    println!("granary: listening on http://{}", listener.local_addr()?);
+    let early = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let starting = tokio_util::sync::CancellationToken::new();
+    let stop_starting = starting.clone();
+    let starting_server = tokio::spawn(async move {
+        let serve = axum::serve(early, crate::gateway::starting_router())
+            .with_graceful_shutdown(stop_starting.cancelled_owned());
+        let _ = serve.await;
+    });
+    let open = tokio::task::spawn_blocking(move || Silo::open(config));
+    let silo = tokio::select! {
+        opened = open => opened??,
+        trigger = signal() => {
+            tracing::info!(trigger, "stopped while starting; nothing to drain");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    starting.cancel();
+    let _ = starting_server.await;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let running = RunningSilo::start_on(silo.clone(), listener).await?;
     let trigger = wait_for_drain_trigger(&silo).await;
     tracing::info!(trigger, "draining");
     let shutdown = running.shutdown();

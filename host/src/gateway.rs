@@ -46,6 +46,31 @@ pub fn router(silo: Arc<Silo>) -> Router {
         .with_state(silo)
 }
 
+/// What the listener answers while the silo starts (waiting for the data directory lock,
+/// compiling kinds): alive, not ready, no calls.
+pub fn starting_router() -> Router {
+    let not_yet = || async {
+        let body = json!({ "error": "starting", "message": "the silo is starting; retry shortly" });
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+            Json(body),
+        )
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "state": "starting" })),
+                )
+            }),
+        )
+        .fallback(not_yet)
+}
+
 async fn call_reminders_method(
     silo: State<Arc<Silo>>,
     Path((kind, key)): Path<(String, String)>,

@@ -31,6 +31,14 @@ pub struct Metrics {
     reminder_ticks: Family<OutcomeLabels, Counter>,
     reminder_lag_seconds: Histogram,
     pub reminders_stored: Gauge,
+    drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    drains: Family<DrainLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrainLabels {
+    /// `ok`, or `incomplete` when a step failed or the grace period ran out.
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,7 +112,17 @@ impl Metrics {
             "Durable reminders stored",
             reminders_stored.clone(),
         );
+        let drain_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let drains = Family::<DrainLabels, Counter>::default();
+        root.register(
+            "drain_seconds",
+            "Duration of the last drain",
+            drain_seconds.clone(),
+        );
+        root.register("drains", "Drains by outcome", drains.clone());
         Self {
+            drain_seconds,
+            drains,
             timer_ticks,
             reminder_ticks,
             reminder_lag_seconds,
@@ -141,6 +159,12 @@ impl Metrics {
 
     pub fn observe_reminder_lag(&self, lag_ms: u64) {
         self.reminder_lag_seconds.observe(lag_ms as f64 / 1000.0);
+    }
+
+    pub fn observe_drain(&self, seconds: f64, ok: bool) {
+        self.drain_seconds.set(seconds);
+        let outcome = if ok { "ok" } else { "incomplete" };
+        self.drains.get_or_create(&DrainLabels { outcome }).inc();
     }
 
     pub fn encode(&self) -> String {

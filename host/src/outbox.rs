@@ -71,7 +71,7 @@ impl Outbox {
                 });
             }
             tokio::select! {
-                _ = silo.lifecycle.draining.cancelled() => return,
+                _ = silo.lifecycle.stopping.cancelled() => return,
                 _ = silo.outbox.wake.notified() => {}
                 _ = tokio::time::sleep(RESCAN) => {}
             }
@@ -125,7 +125,7 @@ async fn deliver(silo: &Arc<Silo>, id: MessageId, entry: OutboxEntry) {
             Err(e) => {
                 tracing::debug!(id, to = %entry.target, error = %e, "delivery failed; retrying");
                 tokio::select! {
-                    _ = silo.lifecycle.draining.cancelled() => return,
+                    _ = silo.lifecycle.stopping.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -186,6 +186,15 @@ impl RunningSilo {
         let listener = tokio::net::TcpListener::bind(silo.config.listen)
             .await
             .with_context(|| format!("binding {}", silo.config.listen))?;
+        Self::start_on(silo, listener).await
+    }
+
+    /// Like `start`, on a listener bound earlier (`serve` binds before opening storage so
+    /// probes get answers while it waits).
+    pub async fn start_on(
+        silo: Arc<Silo>,
+        listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let stop_server = tokio_util::sync::CancellationToken::new();
         let router = crate::gateway::router(silo.clone());
@@ -214,7 +223,8 @@ impl RunningSilo {
 
     /// Drains the silo, then stops the gateway. Returns whether the drain finished in time.
     pub async fn shutdown(self) -> bool {
-        let ok = crate::drain::drain(&self.silo, DrainPlan::default()).await;
+        let plan = DrainPlan::from_config(&self.silo.config);
+        let ok = crate::drain::drain(&self.silo, plan).await;
         self.stop_server.cancel();
         let _ = self.server.await;
         self.silo.tasks.close();

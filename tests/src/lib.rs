@@ -154,7 +154,15 @@ pub struct ChildSilo {
 }
 
 impl ChildSilo {
+    /// Starts `granary serve` and waits until `/readyz` answers 200.
     pub fn spawn(grains: &Path, data: &Path, env: &[(&str, &str)]) -> Self {
+        let silo = Self::spawn_unready(grains, data, env);
+        silo.wait_ready(Duration::from_secs(60));
+        silo
+    }
+
+    /// Starts `granary serve` and returns once it listens (it may not be ready yet).
+    pub fn spawn_unready(grains: &Path, data: &Path, env: &[(&str, &str)]) -> Self {
         let log = data.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -192,6 +200,30 @@ impl ChildSilo {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Self { child, base, log }
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.status("/readyz") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("silo never became ready; log:\n{}", self.log_text());
+    }
+
+    /// The status of a GET, with a plain blocking socket (usable from any thread).
+    pub fn status(&self, path: &str) -> Option<u16> {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
     }
 
     pub fn pid(&self) -> i32 {

@@ -80,7 +80,7 @@ impl ReminderService {
             }
             let sleep = silo.reminders.next_wake(now_ms());
             tokio::select! {
-                _ = silo.lifecycle.draining.cancelled() => return,
+                _ = silo.lifecycle.stopping.cancelled() => return,
                 _ = silo.reminders.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
@@ -169,7 +169,7 @@ async fn fire(silo: &Arc<Silo>, due: DueReminder) {
                 silo.metrics.reminder_ticks("retried").inc();
                 let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
                 tokio::select! {
-                    _ = silo.lifecycle.draining.cancelled() => break Err(None),
+                    _ = silo.lifecycle.stopping.cancelled() => break Err(None),
                     _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
                 }
                 backoff *= 2;

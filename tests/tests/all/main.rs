@@ -8,5 +8,6 @@ mod catalog;
 mod cli;
 mod counter;
 mod crash;
+mod drain;
 mod reminders;
 mod timers;

@@ -43,6 +43,12 @@ pub struct Probe {
     /// twice. Exactly-once delivery keeps this at zero.
     #[serde(default, skip_serializing_if = "is_zero")]
     reminder_doubled: u64,
+    /// Wall-clock time of the last timer tick.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    last_timer_ms: u64,
+    /// What `on_deactivate` does: "" (record it), "hang" (loop forever) or "trap".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    on_deactivate: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -197,6 +203,25 @@ impl Probe {
         ctx.register_reminder(&args.name, due, Duration::from_millis(args.period_ms))
     }
 
+    /// Sets the value, then loops forever ignoring `cancelled()`: the drain must interrupt
+    /// it, and the value must not be committed.
+    pub fn set_then_spin(&mut self, value: u64) {
+        self.value = value;
+        let mut n: u64 = 0;
+        loop {
+            n = black_box(n.wrapping_add(1));
+        }
+    }
+
+    /// Chooses what `on_deactivate` does: "" (record it), "hang" or "trap".
+    pub fn set_on_deactivate(&mut self, behaviour: String) -> Result<(), String> {
+        if !matches!(behaviour.as_str(), "" | "hang" | "trap") {
+            return Err(format!("unknown behaviour {behaviour:?}"));
+        }
+        self.on_deactivate = behaviour;
+        Ok(())
+    }
+
     /// Registers a reminder, then fails: the registration must not be persisted.
     pub fn reminder_then_fail(&mut self, ctx: &mut Ctx, args: ScheduleArgs) -> Result<(), String> {
         self.start_reminder(ctx, args)?;
@@ -214,12 +239,23 @@ impl Probe {
     }
 
     fn on_deactivate(&mut self, reason: DeactivationReason) {
+        match self.on_deactivate.as_str() {
+            "hang" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            "trap" => panic!("on_deactivate traps on purpose"),
+            _ => {}
+        }
         self.deactivations += 1;
         self.last_deactivation = Some(format!("{reason:?}"));
     }
 
-    fn on_timer(&mut self, _name: &str) {
+    fn on_timer(&mut self, ctx: &mut Ctx, _name: &str) {
         self.timer_ticks += 1;
+        self.last_timer_ms = ctx.now_ms();
     }
 
     fn on_reminder(&mut self, _name: &str, tick: ReminderTick) {
