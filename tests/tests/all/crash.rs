@@ -164,3 +164,62 @@ async fn ledger_total_is_conserved_across_kill_9() {
         "money lost: the outbox never delivered every credit"
     );
 }
+
+const TICKING: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminder_ticks_apply_exactly_once_across_kill_9() {
+    let grains = grains_dir(&["probe"]);
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let env = [("GRANARY_MIN_REMINDER_PERIOD_MS", "100")];
+    let silo = ChildSilo::spawn(grains.path(), &data_dir, &env);
+    let http = reqwest::Client::new();
+    for g in 0..TICKING {
+        let args = r#"{"name":"tick","due_ms":100,"period_ms":100}"#;
+        let (status, body) = post(
+            &http,
+            &silo.base,
+            &format!("probe/r{g}"),
+            "start_reminder",
+            args,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    silo.kill9();
+    // Downtime: every reminder misses periods and must report them, not replay them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let silo = ChildSilo::spawn(grains.path(), &data_dir, &env);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut missed_reported = false;
+    for g in 0..TICKING {
+        let (status, body) = post(&http, &silo.base, &format!("probe/r{g}"), "state", "").await;
+        assert_eq!(status, 200, "{body}");
+        let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            state["reminder_ticks"].as_u64().unwrap_or(0) >= 10,
+            "{state}"
+        );
+        assert!(
+            state.get("reminder_doubled").is_none(),
+            "a tick was applied twice: {state}"
+        );
+        assert!(
+            state.get("reminder_gaps").is_none(),
+            "a tick was lost: {state}"
+        );
+        let listed = http
+            .get(format!("{}/v1/grains/probe/r{g}/reminders", silo.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        missed_reported |= listed.contains("\"ok\":true");
+    }
+    assert!(missed_reported);
+}

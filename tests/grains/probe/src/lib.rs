@@ -43,6 +43,15 @@ pub struct Probe {
     /// twice. Exactly-once delivery keeps this at zero.
     #[serde(default, skip_serializing_if = "is_zero")]
     reminder_doubled: u64,
+    /// Period of the reminder started by `start_reminder`, to check tick continuity.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    reminder_period_ms: u64,
+    /// The scheduled time the next tick must carry (0 before the first tick).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    reminder_expected_ms: u64,
+    /// Ticks that skipped periods without reporting them as missed: a lost tick.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    reminder_gaps: u64,
     /// Wall-clock time of the last timer tick.
     #[serde(default, skip_serializing_if = "is_zero")]
     last_timer_ms: u64,
@@ -199,6 +208,8 @@ impl Probe {
 
     /// Registers a durable reminder; each tick increments `reminder_ticks`.
     pub fn start_reminder(&mut self, ctx: &mut Ctx, args: ScheduleArgs) -> Result<(), String> {
+        self.reminder_period_ms = args.period_ms;
+        self.reminder_expected_ms = 0;
         let due = Duration::from_millis(args.due_ms);
         ctx.register_reminder(&args.name, due, Duration::from_millis(args.period_ms))
     }
@@ -262,7 +273,13 @@ impl Probe {
         self.reminder_ticks += 1;
         if tick.scheduled_ms <= self.last_reminder_scheduled_ms {
             self.reminder_doubled += 1;
+        } else if self.reminder_expected_ms != 0 && tick.scheduled_ms != self.reminder_expected_ms {
+            self.reminder_gaps += 1;
         }
+        // Under the fire-once policy the next tick is scheduled one period after the
+        // missed ones this tick reported.
+        self.reminder_expected_ms =
+            tick.scheduled_ms + (1 + u64::from(tick.missed)) * self.reminder_period_ms;
         self.last_reminder_scheduled_ms = tick.scheduled_ms;
         self.last_reminder = Some(tick.idempotency_key);
     }
