@@ -194,6 +194,23 @@ impl Catalog {
         true
     }
 
+    /// Asks the activations of `kind` that run another version than `version` to
+    /// deactivate (`upgrade`); their next message activates the new version. Returns how
+    /// many were asked.
+    pub fn upgrade(&self, kind: &str, version: &str) -> usize {
+        let mut dir = self.lock();
+        let ids: Vec<GrainId> = dir
+            .entries
+            .values()
+            .filter(|e| e.info.id.kind == kind && e.info.version != version && !e.deactivating)
+            .map(|e| e.info.id.clone())
+            .collect();
+        for id in &ids {
+            Self::mark_deactivating(&mut dir, id, DeactivationReason::Upgrade);
+        }
+        ids.len()
+    }
+
     /// Marks every activation as deactivating and returns them, so the drain can ask them
     /// to go in waves of bounded size.
     pub fn begin_drain(&self) -> Vec<Arc<ActivationInfo>> {

@@ -79,6 +79,16 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Deploy a new version of a kind to a running silo (validated first).
+    Deploy {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// The kind; defaults to the file name without `.wasm` (`_` read as `-`).
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        client: Client,
+    },
     /// Ask a silo to drain and exit.
     Drain {
         #[command(flatten)]
@@ -164,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             get_json(&client, &path).await
         }
         Command::Drain { client } => drain(&client).await,
+        Command::Deploy { file, kind, client } => deploy(&client, &file, kind).await,
     }
 }
 
@@ -293,6 +304,43 @@ async fn get_json(client: &Client, path: &str) -> anyhow::Result<ExitCode> {
 async fn drain(client: &Client) -> anyhow::Result<ExitCode> {
     let url = format!("{}/v1/admin/drain", client.addr.trim_end_matches('/'));
     let mut request = reqwest::Client::new().post(&url);
+    if let Some(token) = &client.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("requesting {url}"))?;
+    print_response(response).await
+}
+
+async fn deploy(
+    client: &Client,
+    file: &std::path::Path,
+    kind: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let kind = match kind {
+        Some(k) => k,
+        None => file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('_', "-"))
+            .with_context(|| {
+                format!(
+                    "cannot take a kind name from {}; pass --kind",
+                    file.display()
+                )
+            })?,
+    };
+    crate::grain_id::validate_kind(&kind).context("use --kind to name the kind")?;
+    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let url = format!("{}/v1/kinds/{}", client.addr.trim_end_matches('/'), kind);
+    eprintln!(
+        "deploying {} ({} KiB) as {kind}; the silo validates and compiles it...",
+        file.display(),
+        wasm.len() / 1024
+    );
+    let mut request = reqwest::Client::new().put(&url).body(wasm);
     if let Some(token) = &client.token {
         request = request.bearer_auth(token);
     }

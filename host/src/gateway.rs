@@ -13,7 +13,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::json;
 
 use crate::grain_id::GrainId;
@@ -24,6 +24,8 @@ use crate::silo::Silo;
 /// Seconds a refused client should wait before retrying (503 responses).
 const RETRY_AFTER_SECS: &str = "1";
 const MAX_METHOD_LEN: usize = 128;
+/// Largest component accepted by `PUT /v1/kinds/{kind}`.
+const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 pub fn router(silo: Arc<Silo>) -> Router {
     // The body limit is enforced by axum while reading; one byte over the payload cap
@@ -38,6 +40,10 @@ pub fn router(silo: Arc<Silo>) -> Router {
             get(list_reminders).post(call_reminders_method),
         )
         .route("/v1/kinds", get(list_kinds))
+        .route(
+            "/v1/kinds/{kind}",
+            put(deploy_kind).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
         .route("/v1/admin/drain", post(request_drain))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -258,6 +264,39 @@ async fn list_kinds(State(silo): State<Arc<Silo>>) -> Json<serde_json::Value> {
 
 async fn list_activations(State(silo): State<Arc<Silo>>) -> Json<serde_json::Value> {
     Json(json!({ "activations": silo.catalog.summaries() }))
+}
+
+async fn deploy_kind(
+    State(silo): State<Arc<Silo>>,
+    Path(kind): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(denied) = authorize_admin(&silo, peer, &headers) {
+        return denied.into_response();
+    }
+    let wasm = match body {
+        Ok(b) => b,
+        Err(r) => {
+            let body = json!({ "error": "bad-component", "message": r.body_text() });
+            return (r.status(), Json(body)).into_response();
+        }
+    };
+    let deploying = silo.clone();
+    let result = tokio::task::spawn_blocking(move || deploying.deploy(&kind, &wasm)).await;
+    match result {
+        Ok(Ok(deployed)) => Json(json!(deployed)).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(file = %e.file, reason = %e.reason, "refused deploy");
+            let body = json!({ "error": "bad-component", "message": e.to_string() });
+            (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        }
+        Err(e) => {
+            let body = json!({ "error": "internal", "message": e.to_string() });
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        }
+    }
 }
 
 async fn request_drain(

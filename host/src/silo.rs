@@ -18,7 +18,7 @@ use crate::message::{Call, CallChain, CallError, Message, ReminderDue};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::reminders::ReminderService;
-use crate::runtime::{Kinds, Runtime};
+use crate::runtime::{KindError, Kinds, Runtime};
 use crate::storage::{DueReminder, MessageId, OutboxEntry, SledStorage, Storage, StorageError};
 
 pub struct Silo {
@@ -113,6 +113,33 @@ impl Silo {
         .await
     }
 
+    /// Installs a new version of `kind` (validated first: a bad component changes
+    /// nothing). New activations use it; live activations of the old version deactivate
+    /// gracefully and reactivate on their next message. The file is also written to the
+    /// grains directory when it is writable, so a restart keeps the new version.
+    pub fn deploy(&self, kind: &str, wasm: &[u8]) -> Result<Deployed, KindError> {
+        crate::grain_id::validate_kind(kind).map_err(|e| KindError {
+            file: format!("{kind}.wasm"),
+            reason: e.to_string(),
+        })?;
+        let (installed, _) = self.kinds.install(&self.runtime, kind, wasm)?;
+        let upgraded = self.catalog.upgrade(kind, &installed.version);
+        let persisted = match persist_component(&self.config.grains_dir, kind, wasm) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "deployed in memory only: the grains directory is not writable; a restart reverts to the file on disk");
+                false
+            }
+        };
+        tracing::info!(kind, version = %installed.version, upgraded, persisted, "deployed");
+        Ok(Deployed {
+            kind: kind.to_owned(),
+            version: installed.version.clone(),
+            upgraded,
+            persisted,
+        })
+    }
+
     /// Runs a due reminder's tick as a turn of its grain (activating it if needed).
     pub async fn fire_reminder(
         self: &Arc<Self>,
@@ -170,6 +197,26 @@ impl Silo {
             Err(_) => Err(CallError::Deadline),
         }
     }
+}
+
+/// The result of a deploy, as the admin API reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deployed {
+    pub kind: String,
+    pub version: String,
+    /// Live activations of the old version asked to deactivate.
+    pub upgraded: usize,
+    /// Whether the component was written to the grains directory.
+    pub persisted: bool,
+}
+
+/// Writes `<kind>.wasm` into the grains directory through a capability handle (no path can
+/// escape it), atomically via a temporary file.
+fn persist_component(grains_dir: &Path, kind: &str, wasm: &[u8]) -> std::io::Result<()> {
+    let dir = cap_std::fs::Dir::open_ambient_dir(grains_dir, cap_std::ambient_authority())?;
+    let tmp = format!(".{kind}.wasm.tmp");
+    dir.write(&tmp, wasm)?;
+    dir.rename(&tmp, &dir, format!("{kind}.wasm"))
 }
 
 /// A silo that serves HTTP; `shutdown` drains it.

@@ -114,6 +114,7 @@ impl Kinds {
             .cache
             .load_or_compile(&runtime.engine, wasm, &version)
             .map_err(|e| fail(format!("not a valid component: {e:#}")))?;
+        check_world_version(&runtime.engine, &component).map_err(&fail)?;
         let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|e| {
             fail(format!(
                 "imports something the grain world does not provide ({e:#}); build it with \
@@ -153,6 +154,30 @@ impl Kinds {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<GrainKind>>> {
         self.map.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The `granary:grain` version this silo implements.
+pub const WORLD_VERSION: &str = "0.1.0";
+
+/// A component built with a granary-sdk for another version of the world imports
+/// interfaces the linker lacks; say that instead of a bare "import not found".
+fn check_world_version(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Result<(), String> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        let Some(rest) = name.strip_prefix("granary:grain/") else {
+            continue;
+        };
+        let version = rest.split_once('@').map_or("", |(_, v)| v);
+        if version != WORLD_VERSION {
+            return Err(format!(
+                "built for granary:grain@{version} (it imports {name}), but this silo provides                  granary:grain@{WORLD_VERSION}: rebuild it with the granary-sdk version that                  matches this silo"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Tells a core module (what wasm32-wasip1 or wasm32-unknown-unknown produce) and

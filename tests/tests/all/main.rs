@@ -11,3 +11,4 @@ mod crash;
 mod drain;
 mod reminders;
 mod timers;
+mod upgrade;
