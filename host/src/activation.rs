@@ -20,6 +20,7 @@ use crate::reminders::{self, ReminderAdvance, ReminderChange, TickOutcome};
 use crate::runtime::bindings::Grain;
 use crate::runtime::bindings::types::{DeactivationReason as WitReason, ReminderTick as WitTick};
 use crate::runtime::host::now_ms;
+use crate::runtime::limits::MemoryLimitExceeded;
 use crate::runtime::{GrainHost, GrainKind, Turn};
 use crate::silo::Silo;
 use crate::storage::{DueReminder, MessageId, TurnCommit};
@@ -535,6 +536,10 @@ impl Activation {
             return CallError::Deadline;
         }
         let incident = incident_id();
+        if let Some(memory) = trap.downcast_ref::<MemoryLimitExceeded>() {
+            tracing::error!(incident, grain = %self.info.id, export, "{memory}");
+            return CallError::MemoryLimit(incident);
+        }
         tracing::error!(incident, grain = %self.info.id, export, error = ?trap, "grain trapped");
         CallError::Trapped(incident)
     }

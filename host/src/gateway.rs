@@ -146,7 +146,7 @@ pub fn status_of(e: &CallError) -> StatusCode {
         CallError::UnknownKind(_) | CallError::UnknownMethod(_) => StatusCode::NOT_FOUND,
         CallError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         CallError::App(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CallError::Trapped(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        CallError::Trapped(_) | CallError::MemoryLimit(_) => StatusCode::INTERNAL_SERVER_ERROR,
         CallError::Deadline => StatusCode::GATEWAY_TIMEOUT,
         CallError::Overloaded | CallError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         CallError::Cycle(_) => StatusCode::LOOP_DETECTED,
@@ -155,7 +155,7 @@ pub fn status_of(e: &CallError) -> StatusCode {
 
 fn error_response(e: &CallError) -> Response {
     let mut body = json!({ "error": e.code(), "message": e.to_string() });
-    if let CallError::Trapped(incident) = e {
+    if let CallError::Trapped(incident) | CallError::MemoryLimit(incident) = e {
         body["incident"] = json!(incident);
     }
     let mut response = (status_of(e), Json(body)).into_response();
@@ -383,11 +383,12 @@ mod tests {
             CallError::Draining,
             CallError::Cycle("x".into()),
             CallError::TooLarge(1),
+            CallError::MemoryLimit("x".into()),
         ];
         let statuses: Vec<u16> = errors.iter().map(|e| status_of(e).as_u16()).collect();
         assert_eq!(
             statuses,
-            [404, 400, 404, 400, 422, 500, 504, 503, 503, 508, 413]
+            [404, 400, 404, 400, 422, 500, 504, 503, 503, 508, 413, 500]
         );
     }
 

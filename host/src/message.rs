@@ -75,6 +75,9 @@ pub enum CallError {
     App(String),
     #[error("the grain trapped (incident {0}; search the silo log for it)")]
     Trapped(String),
+    /// A trap from exceeding the activation's memory limit; carries the incident id.
+    #[error("the grain exceeded its memory limit (incident {0})")]
+    MemoryLimit(String),
     #[error("deadline exceeded")]
     Deadline,
     #[error("overloaded; retry later")]
@@ -97,6 +100,7 @@ impl CallError {
             CallError::BadPayload(_) => "bad-payload",
             CallError::App(_) => "app",
             CallError::Trapped(_) => "trapped",
+            CallError::MemoryLimit(_) => "memory",
             CallError::Deadline => "deadline",
             CallError::Overloaded => "overloaded",
             CallError::Draining => "draining",

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub sends_delivered: Counter,
     pub sends_dropped: Counter,
     pub timer_ticks: Counter,
+    pub guest_log_dropped: Counter,
     reminder_ticks: Family<OutcomeLabels, Counter>,
     reminder_lag_seconds: Histogram,
     pub reminders_stored: Gauge,
@@ -112,6 +113,12 @@ impl Metrics {
             "Durable reminders stored",
             reminders_stored.clone(),
         );
+        let guest_log_dropped = Counter::default();
+        root.register(
+            "guest_log_lines_dropped",
+            "Guest log lines dropped by the per-activation rate limit",
+            guest_log_dropped.clone(),
+        );
         let drain_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let drains = Family::<DrainLabels, Counter>::default();
         root.register(
@@ -121,6 +128,7 @@ impl Metrics {
         );
         root.register("drains", "Drains by outcome", drains.clone());
         Self {
+            guest_log_dropped,
             drain_seconds,
             drains,
             timer_ticks,

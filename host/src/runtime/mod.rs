@@ -10,6 +10,7 @@ mod cache;
 mod capacity;
 pub mod host;
 mod kinds;
+pub mod limits;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

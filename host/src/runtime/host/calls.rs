@@ -64,7 +64,7 @@ impl From<CallError> for types::CallError {
             CallError::UnknownMethod(s) => W::UnknownMethod(s),
             CallError::BadPayload(s) => W::BadPayload(s),
             CallError::App(s) => W::App(s),
-            CallError::Trapped(s) => W::Trapped(s),
+            CallError::Trapped(s) | CallError::MemoryLimit(s) => W::Trapped(s),
             CallError::Deadline => W::Deadline,
             CallError::Overloaded => W::Overloaded,
             CallError::Draining => W::Draining,

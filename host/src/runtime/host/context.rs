@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::GrainHost;
-use super::output::sanitize;
+use super::output::emit;
 use crate::runtime::bindings::granary::grain::context::Host;
 use crate::runtime::bindings::types::{GrainId, LogLevel};
 
@@ -30,14 +30,13 @@ impl Host for GrainHost {
 
     fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
         let grain = &self.id;
-        let message = sanitize(&message);
-        match level {
+        emit(&self.log_budget, grain, &message, |message| match level {
             LogLevel::Trace => tracing::trace!(target: "grain", %grain, "{message}"),
             LogLevel::Debug => tracing::debug!(target: "grain", %grain, "{message}"),
             LogLevel::Info => tracing::info!(target: "grain", %grain, "{message}"),
             LogLevel::Warn => tracing::warn!(target: "grain", %grain, "{message}"),
             LogLevel::Error => tracing::error!(target: "grain", %grain, "{message}"),
-        }
+        });
         Ok(())
     }
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::grain_id::GrainId;
@@ -25,13 +24,17 @@ use crate::storage::{OutboxEntry, StateChange};
 use crate::timers::{GrainTimers, TimerChange};
 
 pub use context::now_ms;
-pub use output::GuestOutput;
+pub use output::{GuestOutput, LogBudget};
+
+use crate::runtime::limits::GrainLimits;
 
 /// The data of one activation's `Store`.
 pub struct GrainHost {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: GrainLimits,
+    /// Shared by `log` and guest stdout/stderr: a grain cannot flood the silo log.
+    pub log_budget: LogBudget,
     pub id: GrainId,
     pub silo: Arc<Silo>,
     pub turn: Turn,
@@ -67,18 +70,16 @@ impl GrainHost {
     /// WASI with no preopened directories, no environment, no arguments, no network and
     /// no inherited stdio: stdout and stderr lines go to the silo log, tagged with `id`.
     pub fn new(silo: Arc<Silo>, id: GrainId, memory_limit: usize) -> Self {
+        let log_budget = LogBudget::new(silo.metrics.guest_log_dropped.clone());
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestOutput::new(id.clone(), "stdout"))
-            .stderr(GuestOutput::new(id.clone(), "stderr"))
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory_limit)
-            .trap_on_grow_failure(true)
+            .stdout(GuestOutput::new(id.clone(), "stdout", log_budget.clone()))
+            .stderr(GuestOutput::new(id.clone(), "stderr", log_budget.clone()))
             .build();
         Self {
             wasi,
             table: ResourceTable::new(),
-            limits,
+            limits: GrainLimits::new(memory_limit),
+            log_budget,
             id,
             silo,
             turn: Turn::new(CallChain::default(), Instant::now()),
