@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::grain_id::GrainId;
@@ -235,17 +236,26 @@ impl Activation {
                     delivery,
                     reply,
                 } = call;
+                let started = Instant::now();
+                let span = turn_span(&self.info.id, &method);
                 let result = self
                     .call_turn(&method, &payload, chain, deadline, delivery)
+                    .instrument(span.clone())
                     .await;
+                record_turn(&span, started, &result);
                 let _ = reply.send(result);
             }
             Message::Reminder(tick) => {
+                let started = Instant::now();
+                let span = turn_span(&self.info.id, "on-reminder");
                 let result = if Instant::now() >= tick.deadline {
                     Err(CallError::Deadline)
                 } else {
-                    self.reminder_turn(&tick.due, tick.attempt).await
+                    self.reminder_turn(&tick.due, tick.attempt)
+                        .instrument(span.clone())
+                        .await
                 };
+                record_turn(&span, started, &result);
                 let _ = tick.reply.send(result);
             }
         }
@@ -563,6 +573,24 @@ impl Activation {
         tracing::error!(grain = %self.info.id, error = %e, "storage failed; turn not acknowledged");
         CallError::Overloaded
     }
+}
+
+/// The span of one turn: guest log lines inside it carry the grain and method, and
+/// `RUST_LOG=granary::turn=debug` prints one line per turn with its outcome and duration.
+fn turn_span(id: &GrainId, method: &str) -> tracing::Span {
+    tracing::debug_span!(
+        target: "granary::turn",
+        "turn",
+        kind = %id.kind,
+        key = %id.key,
+        method,
+    )
+}
+
+fn record_turn<T>(span: &tracing::Span, started: Instant, result: &Result<T, CallError>) {
+    let outcome = result.as_ref().map_or_else(CallError::code, |_| "ok");
+    let micros = started.elapsed().as_micros() as u64;
+    span.in_scope(|| tracing::debug!(target: "granary::turn", outcome, micros, "turn"));
 }
 
 /// Why a guest call did not return.
