@@ -54,12 +54,14 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// `silo` labels every series with the silo's name (the pod name under Kubernetes).
-    pub fn new(silo: &str) -> Self {
-        let mut root = Registry::with_prefix_and_labels(
-            "granary",
-            [("silo".into(), silo.to_owned().into())].into_iter(),
-        );
+    /// Every series is labelled with the silo's name (the pod name under Kubernetes) and,
+    /// when known, its namespace.
+    pub fn new(silo: &str, namespace: Option<&str>) -> Self {
+        let mut labels = vec![("silo".into(), silo.to_owned().into())];
+        if let Some(ns) = namespace {
+            labels.push(("namespace".into(), ns.to_owned().into()));
+        }
+        let mut root = Registry::with_prefix_and_labels("granary", labels.into_iter());
         let calls = Family::<CallLabels, Counter>::default();
         let call_seconds =
             Family::<KindLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);

@@ -41,7 +41,7 @@ impl Silo {
     /// Opens storage and loads the kinds; nothing is served yet.
     pub fn open(config: Config) -> anyhow::Result<Arc<Self>> {
         let name = silo_name();
-        let metrics = Metrics::new(&name);
+        let metrics = Metrics::new(&name, pod_env("POD_NAMESPACE").as_deref());
         prepare_data_dir(&config.data_dir)?;
         let storage = open_storage(&config, &metrics)?;
         let runtime = Runtime::new(&config)?;
@@ -259,7 +259,14 @@ impl RunningSilo {
         tokio::spawn(Outbox::run(silo.clone()));
         tokio::spawn(ReminderService::run(silo.clone()));
         silo.lifecycle.set(SiloState::Serving);
-        tracing::info!(%addr, silo = %silo.name, kinds = silo.kinds.list().len(), "serving");
+        tracing::info!(
+            %addr,
+            silo = %silo.name,
+            namespace = pod_env("POD_NAMESPACE").unwrap_or_default(),
+            pod_ip = pod_env("POD_IP").unwrap_or_default(),
+            kinds = silo.kinds.list().len(),
+            "serving"
+        );
         Ok(Self {
             silo,
             addr,
@@ -338,11 +345,13 @@ fn open_storage(config: &Config, metrics: &Metrics) -> anyhow::Result<SledStorag
     }
 }
 
+/// The silo's name: Kubernetes' `POD_NAME` (from the downward API), else `local`.
 fn silo_name() -> String {
-    std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "local".to_owned())
+    pod_env("POD_NAME").unwrap_or_else(|| "local".to_owned())
+}
+
+fn pod_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 fn log_capacity(config: &Config, runtime: &Runtime) {
