@@ -94,6 +94,10 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Scaffold a grain crate that builds and runs as is: `granary new notes`.
+    New(crate::scaffold::NewArgs),
+    /// Build a grain crate, serve it, and rebuild and redeploy it on every change.
+    Dev(crate::dev::DevArgs),
 }
 
 impl clap::ValueEnum for LogFormat {
@@ -174,6 +178,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             get_json(&client, &path).await
         }
         Command::Drain { client } => drain(&client).await,
+        Command::New(args) => crate::scaffold::run(args),
+        Command::Dev(args) => crate::dev::run(args).await,
         Command::Deploy { file, kind, client } => deploy(&client, &file, kind).await,
     }
 }

@@ -22,11 +22,14 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`silo`]: wiring, and the entry point for calls.
 //! - [`cli`]: the `granary` command line.
+//! - [`scaffold`]: `granary new`, a grain crate that builds and runs as is.
+//! - [`dev`]: `granary dev`, build, serve and redeploy a grain crate on every change.
 
 pub mod activation;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod drain;
 pub mod gateway;
 pub mod grain_id;
@@ -35,6 +38,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod reminders;
 pub mod runtime;
+pub mod scaffold;
 pub mod silo;
 pub mod storage;
 pub mod timers;

@@ -2,6 +2,7 @@
 //! silo with the real example components (built by `cargo xtask build`) on a real sled
 //! directory in a temp dir and a real HTTP listener on 127.0.0.1:0.
 
+mod author;
 mod bad_input;
 mod calls;
 mod catalog;
