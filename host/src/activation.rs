@@ -292,6 +292,14 @@ impl Activation {
         )
         .await;
         match outcome {
+            Ok(Ok(Ok(reply))) if reply.len() > self.silo.config.max_payload_bytes => {
+                // A reply nobody may receive fails the turn like any error: nothing commits.
+                self.live = None;
+                tracing::warn!(grain = %self.info.id, method, bytes = reply.len(), "reply over max_payload_bytes");
+                Err(CallError::TooLarge(
+                    self.silo.config.max_payload_bytes as u64,
+                ))
+            }
             Ok(Ok(Ok(reply))) => {
                 self.commit(delivery, None).await?;
                 Ok(reply)
@@ -331,7 +339,12 @@ impl Activation {
             if Instant::now() >= ctx.data().turn.deadline {
                 Err(wasmtime::Error::new(TurnDeadline))
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's yield_now defers the task until the I/O driver and other tasks ran;
+                // a plain wake would let busy guests starve the listener.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         let deadline = Instant::now() + self.turn_timeout;

@@ -23,7 +23,6 @@ use crate::silo::Silo;
 
 /// Seconds a refused client should wait before retrying (503 responses).
 const RETRY_AFTER_SECS: &str = "1";
-const MAX_METHOD_LEN: usize = 128;
 /// Largest component accepted by `PUT /v1/kinds/{kind}`.
 const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
@@ -45,7 +44,7 @@ pub fn router(silo: Arc<Silo>) -> Router {
             put(deploy_kind).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
         )
         .route("/v1/admin/drain", post(request_drain))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
@@ -125,18 +124,7 @@ async fn call_grain(
 }
 
 fn validate_method(method: &str) -> Result<(), CallError> {
-    let valid = !method.is_empty()
-        && method.len() <= MAX_METHOD_LEN
-        && method
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if valid {
-        Ok(())
-    } else {
-        Err(CallError::BadId(format!(
-            "invalid method name: use 1..={MAX_METHOD_LEN} of [A-Za-z0-9_-]"
-        )))
-    }
+    crate::grain_id::validate_method(method).map_err(|e| CallError::BadId(e.to_string()))
 }
 
 /// The one mapping from `CallError` to HTTP status.
@@ -168,9 +156,20 @@ fn error_response(e: &CallError) -> Response {
     response
 }
 
+/// Fails once storage failed: sled's I/O errors are sticky and only a restart recovers.
+async fn healthz(State(silo): State<Arc<Silo>>) -> Response {
+    if silo.storage.is_healthy() {
+        "ok".into_response()
+    } else {
+        let body =
+            json!({ "error": "storage", "message": "a storage write failed; restart the silo" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
 async fn readyz(State(silo): State<Arc<Silo>>) -> Response {
     let state = silo.lifecycle.state();
-    let status = if silo.lifecycle.is_ready() {
+    let status = if silo.lifecycle.is_ready() && silo.storage.is_healthy() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -364,7 +363,7 @@ mod tests {
     fn methods() {
         assert!(validate_method("increment").is_ok());
         assert!(validate_method("get-all_2").is_ok());
-        for bad in ["", "a/b", "a b", "é", &"m".repeat(129)] {
+        for bad in ["", "a/b", "a b", "é", &"m".repeat(129), "a\u{1b}b"] {
             assert!(validate_method(bad).is_err(), "{bad:?}");
         }
     }

@@ -24,6 +24,8 @@ pub enum IdError {
     Kind(String),
     #[error("invalid key: {0}")]
     Key(&'static str),
+    #[error("invalid method name: use 1..=128 of [A-Za-z0-9_-]")]
+    Method,
 }
 
 impl GrainId {
@@ -72,6 +74,20 @@ pub fn validate_key(key: &str) -> Result<(), IdError> {
         return Err(IdError::Key("contains a control character"));
     }
     Ok(())
+}
+
+/// Longest method name, in bytes.
+pub const MAX_METHOD_LEN: usize = 128;
+
+/// Checks a method name: 1..=128 of `[A-Za-z0-9_-]`. Applied at the gateway and to the
+/// names a grain passes to `call` and `send`.
+pub fn validate_method(method: &str) -> Result<(), IdError> {
+    let valid = !method.is_empty()
+        && method.len() <= MAX_METHOD_LEN
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid { Ok(()) } else { Err(IdError::Method) }
 }
 
 /// Echoing a 1 MiB bad name back into an error message would be its own problem.

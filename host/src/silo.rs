@@ -118,8 +118,9 @@ impl Silo {
     /// gracefully and reactivate on their next message. The file is also written to the
     /// grains directory when it is writable, so a restart keeps the new version.
     pub fn deploy(&self, kind: &str, wasm: &[u8]) -> Result<Deployed, KindError> {
+        // The error text carries a shortened, sanitized copy of the name, never the raw one.
         crate::grain_id::validate_kind(kind).map_err(|e| KindError {
-            file: format!("{kind}.wasm"),
+            file: "(refused kind name)".to_owned(),
             reason: e.to_string(),
         })?;
         let (installed, _) = self.kinds.install(&self.runtime, kind, wasm)?;
@@ -176,6 +177,9 @@ impl Silo {
         let cap = self.config.max_payload_bytes;
         if payload.len() > cap {
             return Err(CallError::TooLarge(cap as u64));
+        }
+        if !self.storage.is_healthy() {
+            return Err(CallError::Overloaded);
         }
         if chain.contains(&target) {
             return Err(CallError::Cycle(chain.describe_cycle(&target)));

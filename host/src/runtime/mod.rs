@@ -30,9 +30,10 @@ use crate::config::Config;
 /// guest back to tokio.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Async fiber stacks are needed only while a turn runs, not per live activation, so the
-/// pool holds far fewer of them than instances.
-const MAX_CONCURRENT_TURNS: u32 = 2048;
+/// Native stack for wasm frames and host calls of one turn. Rust guests keep their own
+/// (shadow) stack in linear memory, so this stays small.
+const ASYNC_STACK_SIZE: usize = 512 << 10;
+const MAX_WASM_STACK: usize = 256 << 10;
 
 pub struct Runtime {
     pub engine: Engine,
@@ -74,6 +75,8 @@ fn engine_config(config: &Config, capacity: &Capacity) -> wasmtime::Config {
     // Measured: the concurrency machinery makes plain component calls 2-5x slower.
     c.concurrency_support(false);
     c.memory_init_cow(true);
+    c.async_stack_size(ASYNC_STACK_SIZE);
+    c.max_wasm_stack(MAX_WASM_STACK);
     // A small reservation per memory (instead of 4 GiB) lets 100k slots fit in the address
     // space; the price is explicit bounds checks.
     let memory_max = config
@@ -95,7 +98,8 @@ fn engine_config(config: &Config, capacity: &Capacity) -> wasmtime::Config {
         .max_memories_per_component(2)
         .max_tables_per_component(4)
         .max_memory_size(memory_max)
-        .total_stacks(MAX_CONCURRENT_TURNS.min(slots))
+        // A Store keeps its fiber stack between calls: one per instance slot.
+        .total_stacks(slots)
         .linear_memory_keep_resident(0);
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     c

@@ -8,6 +8,7 @@
 //! Keys are derived here from host-side identities only (a `GrainId` the host validated,
 //! message ids the host assigned), never from guest-provided bytes.
 
+mod format;
 mod keys;
 mod sled_store;
 
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::grain_id::GrainId;
 use crate::reminders::{ReminderAdvance, ReminderChange, ReminderRecord};
 
+pub use format::FORMAT_VERSION;
 pub use sled_store::SledStorage;
 
 /// Identifies a one-way message from commit to delivery; unique for the life of the data.
@@ -148,6 +150,9 @@ pub trait Storage: Send + Sync + 'static {
     fn drop_stale_index(&self, due: &DueReminder) -> Durable;
     /// Reminders stored in all.
     fn reminder_count(&self) -> u64;
+    /// False once a write failed: sled's I/O errors are sticky, so the process must restart
+    /// (liveness fails) and nothing may be served from a store holding refused writes.
+    fn is_healthy(&self) -> bool;
     /// Blocks until everything committed so far is durable.
     fn flush(&self) -> Result<(), StorageError>;
 }

@@ -1,26 +1,25 @@
 //! The embedded sled engine with group commit.
 //!
-//! One committer thread applies batches in arrival order and then flushes once for all of
-//! them; every turn whose batch was applied before the flush began is acknowledged by it.
+//! One committer thread takes every commit that arrived while the previous flush ran,
+//! builds their writes into one sled batch (each commit's writes all or none), applies it
+//! and flushes once: one `apply_batch` and one fsync acknowledge the whole group.
 //! sled only fsyncs on its own timer, so nothing is acknowledged before `flush` returns.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::format::{self, FORMAT_VERSION, Marker};
 use super::{
     DueReminder, Durable, MessageId, OutboxEntry, StateChange, Storage, StorageError, TurnCommit,
     keys,
 };
 use crate::grain_id::GrainId;
 use crate::reminders::{ReminderAdvance, ReminderChange, ReminderRecord};
-
-/// The on-disk format this build writes; bumped on any incompatible change to `keys` or
-/// the record encodings.
-pub const FORMAT_VERSION: u32 = 1;
 
 /// Most batches folded into one flush, so a flood of commits still gets regular acks.
 const MAX_GROUP: usize = 4096;
@@ -48,6 +47,8 @@ pub struct SledStorage {
     committer: Option<std::thread::JoinHandle<()>>,
     /// Stored reminders; written by the committer, persisted with each batch changing it.
     reminder_count: Arc<AtomicU64>,
+    /// Cleared by the committer when a write fails.
+    healthy: Arc<AtomicBool>,
 }
 
 impl Drop for SledStorage {
@@ -62,18 +63,27 @@ impl Drop for SledStorage {
 impl SledStorage {
     /// Opens (or creates) the database under `dir`, checking the format header.
     pub fn open(dir: &Path, flush_seconds: Histogram) -> Result<Self, StorageError> {
+        let marker = format::read(dir)?;
+        if marker == Marker::Absent {
+            format::write(dir, Marker::New)?;
+        }
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| open_error(dir, e))?;
-        check_format(&db)?;
+        check_header(&db, marker)?;
+        if marker != Marker::Ready {
+            format::write(dir, Marker::Ready)?;
+        }
         let count = read_count(&db)?;
         let reminder_count = Arc::new(AtomicU64::new(count));
         let (jobs, rx) = mpsc::channel();
+        let healthy = Arc::new(AtomicBool::new(true));
         let committer = Committer {
             db: db.clone(),
             count: reminder_count.clone(),
+            healthy: healthy.clone(),
             flush_seconds,
         };
         let committer = std::thread::Builder::new()
@@ -85,6 +95,7 @@ impl SledStorage {
             jobs: Some(jobs),
             committer: Some(committer),
             reminder_count,
+            healthy,
         })
     }
 
@@ -110,9 +121,9 @@ fn open_error(dir: &Path, e: sled::Error) -> StorageError {
     }
 }
 
-/// A new database gets the header; one without a header but with data is foreign, and one
-/// with a newer header was written by a newer Granary: both fail closed, data untouched.
-fn check_format(db: &sled::Db) -> Result<(), StorageError> {
+/// The header record inside the database: a store the marker calls ready must have it
+/// (else sled lost data and the store fails closed); a new one gets it.
+fn check_header(db: &sled::Db, marker: Marker) -> Result<(), StorageError> {
     let key = keys::meta("format");
     let fatal = |m: String| StorageError::Fatal(m);
     match db.get(&key).map_err(|e| fatal(e.to_string()))? {
@@ -129,6 +140,11 @@ fn check_format(db: &sled::Db) -> Result<(), StorageError> {
             }
             Ok(())
         }
+        None if marker == Marker::Ready => Err(fatal(
+            "the database opened without its header record: its files are damaged or were \
+             replaced; refusing to serve it as an empty store (restore it from a backup)"
+                .into(),
+        )),
         None if db.is_empty() => {
             db.insert(&key, &FORMAT_VERSION.to_be_bytes())
                 .map_err(|e| fatal(e.to_string()))?;
@@ -154,29 +170,100 @@ fn read_count(db: &sled::Db) -> Result<u64, StorageError> {
 struct Committer {
     db: sled::Db,
     count: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
     flush_seconds: Histogram,
+}
+
+/// Writes of the jobs of one group: a single sled batch (one `apply_batch` and one flush
+/// for the whole group), plus the reminder records written so far, so a later job of the
+/// same group reads what an earlier one wrote.
+struct Group {
+    batch: sled::Batch,
+    reminders: HashMap<Vec<u8>, Option<ReminderRecord>>,
+    count: u64,
+}
+
+/// One job's writes, built completely before they join the group: a job that fails to
+/// build leaves nothing behind.
+struct Ops {
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    reminders: Vec<(Vec<u8>, Option<ReminderRecord>)>,
+    count: u64,
+}
+
+impl Ops {
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.push((key, Some(value)));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.push((key, None));
+    }
+
+    fn put_reminder(
+        &mut self,
+        grain: &GrainId,
+        record: ReminderRecord,
+    ) -> Result<(), StorageError> {
+        let key = keys::reminder(grain, &record.name);
+        self.insert(key.clone(), encode(&record)?);
+        self.insert(
+            keys::reminder_index(record.next_due_ms, grain, &record.name),
+            Vec::new(),
+        );
+        self.reminders.push((key, Some(record)));
+        Ok(())
+    }
+
+    fn delete_reminder(&mut self, grain: &GrainId, name: &str) {
+        let key = keys::reminder(grain, name);
+        self.remove(key.clone());
+        self.reminders.push((key, None));
+    }
 }
 
 impl Committer {
     fn run(self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
                 match rx.try_recv() {
-                    Ok(job) => group.push(job),
+                    Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
             }
-            let applied: Vec<_> = group
+            let mut group = Group {
+                batch: sled::Batch::default(),
+                reminders: HashMap::new(),
+                count: self.count.load(Ordering::Relaxed),
+            };
+            let built: Vec<Result<(), StorageError>> = jobs
                 .iter_mut()
-                .map(|job| self.apply(&mut job.work))
+                .map(|job| self.build(&mut group, &mut job.work))
                 .collect();
+            let count = group.count;
+            if count != self.count.load(Ordering::Relaxed) {
+                group
+                    .batch
+                    .insert(keys::meta("reminders"), &count.to_be_bytes());
+            }
             let started = Instant::now();
-            let flushed = self.db.flush();
+            let written = self
+                .db
+                .apply_batch(group.batch)
+                .and_then(|()| self.db.flush().map(|_| ()));
             self.flush_seconds.observe(started.elapsed().as_secs_f64());
-            for (job, applied) in group.into_iter().zip(applied) {
-                let result = match (applied, &flushed) {
-                    (Ok(()), Ok(_)) => Ok(()),
+            match &written {
+                Ok(()) => self.count.store(count, Ordering::Relaxed),
+                Err(e) => {
+                    if self.healthy.swap(false, Ordering::AcqRel) {
+                        tracing::error!(error = %e, "storage write failed; the silo reports itself unhealthy and refuses calls until it restarts");
+                    }
+                }
+            }
+            for (job, built) in jobs.into_iter().zip(built) {
+                let result = match (built, &written) {
+                    (Ok(()), Ok(())) => Ok(()),
                     (Err(e), _) => Err(e),
                     (_, Err(e)) => Err(transient(e)),
                 };
@@ -186,51 +273,57 @@ impl Committer {
         let _ = self.db.flush();
     }
 
-    fn apply(&self, work: &mut Work) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        let before = self.count.load(Ordering::Relaxed);
-        let mut count = before;
+    /// Adds one job's writes to the group, or nothing if building them fails.
+    fn build(&self, group: &mut Group, work: &mut Work) -> Result<(), StorageError> {
+        let mut ops = Ops {
+            writes: Vec::new(),
+            reminders: Vec::new(),
+            count: group.count,
+        };
         match work {
-            Work::Turn(commit) => self.turn(&mut batch, commit, &mut count)?,
+            Work::Turn(commit) => self.turn(group, &mut ops, commit)?,
             Work::Ack(id, receiver) => {
-                batch.remove(keys::outbox(*id));
-                batch.remove(keys::delivered(receiver, *id));
+                ops.remove(keys::outbox(*id));
+                ops.remove(keys::delivered(receiver, *id));
             }
-            Work::Advance(grain, advance) => self.advance(&mut batch, grain, advance)?,
+            Work::Advance(grain, advance) => self.advance(group, &mut ops, grain, advance)?,
             Work::DropIndex(due) => {
-                let current = self.load_reminder(&due.grain, &due.name)?;
+                let current = self.reminder(group, &ops, &due.grain, &due.name)?;
                 if current.is_none_or(|r| r.next_due_ms != due.due_ms) {
-                    batch.remove(keys::reminder_index(due.due_ms, &due.grain, &due.name));
+                    ops.remove(keys::reminder_index(due.due_ms, &due.grain, &due.name));
                 }
             }
         }
-        if count != before {
-            batch.insert(keys::meta("reminders"), &count.to_be_bytes());
+        for (key, value) in ops.writes {
+            match value {
+                Some(v) => group.batch.insert(key, v),
+                None => group.batch.remove(key),
+            }
         }
-        self.db.apply_batch(batch).map_err(transient)?;
-        self.count.store(count, Ordering::Relaxed);
+        group.reminders.extend(ops.reminders);
+        group.count = ops.count;
         Ok(())
     }
 
     fn turn(
         &self,
-        batch: &mut sled::Batch,
+        group: &Group,
+        ops: &mut Ops,
         commit: &mut TurnCommit,
-        count: &mut u64,
     ) -> Result<(), StorageError> {
         let grain = &commit.grain;
         match commit.state.take() {
-            Some(StateChange::Write(bytes)) => batch.insert(keys::state(grain), bytes),
-            Some(StateChange::Clear) => batch.remove(keys::state(grain)),
+            Some(StateChange::Write(bytes)) => ops.insert(keys::state(grain), bytes),
+            Some(StateChange::Clear) => ops.remove(keys::state(grain)),
             None => {}
         }
         for entry in &commit.sends {
             // generate_id is monotonic across restarts, so ids never repeat.
             let id = self.db.generate_id().map_err(transient)?;
-            batch.insert(keys::outbox(id), encode(entry)?);
+            ops.insert(keys::outbox(id), encode(entry)?);
         }
         if let Some(id) = commit.delivered {
-            batch.insert(keys::delivered(grain, id), &[][..]);
+            ops.insert(keys::delivered(grain, id), Vec::new());
         }
         let replaced = |name: &str| {
             commit.reminders.iter().any(|c| match c {
@@ -242,32 +335,28 @@ impl Committer {
         if let Some(advance) = &commit.advance
             && !replaced(&advance.name)
         {
-            self.advance(batch, grain, advance)?;
+            self.advance(group, ops, grain, advance)?;
         }
         for change in &commit.reminders {
             let name = match change {
                 ReminderChange::Put(r) => &r.name,
                 ReminderChange::Delete(n) => n,
             };
-            let old = self.load_reminder(grain, name)?;
+            let old = self.reminder(group, ops, grain, name)?;
             if let Some(old) = &old {
-                batch.remove(keys::reminder_index(old.next_due_ms, grain, name));
+                ops.remove(keys::reminder_index(old.next_due_ms, grain, name));
             }
             match change {
                 ReminderChange::Put(record) => {
-                    batch.insert(keys::reminder(grain, name), encode(record)?);
-                    batch.insert(
-                        keys::reminder_index(record.next_due_ms, grain, name),
-                        &[][..],
-                    );
+                    ops.put_reminder(grain, record.clone())?;
                     if old.is_none() {
-                        *count += 1;
+                        ops.count += 1;
                     }
                 }
                 ReminderChange::Delete(_) => {
                     if old.is_some() {
-                        batch.remove(keys::reminder(grain, name));
-                        *count = count.saturating_sub(1);
+                        ops.delete_reminder(grain, name);
+                        ops.count = ops.count.saturating_sub(1);
                     }
                 }
             }
@@ -277,36 +366,42 @@ impl Committer {
 
     fn advance(
         &self,
-        batch: &mut sled::Batch,
+        group: &Group,
+        ops: &mut Ops,
         grain: &GrainId,
         advance: &ReminderAdvance,
     ) -> Result<(), StorageError> {
-        let Some(mut record) = self.load_reminder(grain, &advance.name)? else {
+        let Some(mut record) = self.reminder(group, ops, grain, &advance.name)? else {
             return Ok(());
         };
         if record.next_due_ms != advance.expected_due_ms {
             return Ok(());
         }
-        batch.remove(keys::reminder_index(
+        ops.remove(keys::reminder_index(
             record.next_due_ms,
             grain,
             &record.name,
         ));
         record.next_due_ms = advance.next_due_ms;
         record.record(advance.outcome.clone());
-        batch.insert(keys::reminder(grain, &record.name), encode(&record)?);
-        batch.insert(
-            keys::reminder_index(record.next_due_ms, grain, &record.name),
-            &[][..],
-        );
-        Ok(())
+        ops.put_reminder(grain, record)
     }
 
-    fn load_reminder(
+    /// A reminder as this job sees it: its own writes, then the group's, then the database.
+    fn reminder(
         &self,
+        group: &Group,
+        ops: &Ops,
         grain: &GrainId,
         name: &str,
     ) -> Result<Option<ReminderRecord>, StorageError> {
+        let key = keys::reminder(grain, name);
+        if let Some((_, record)) = ops.reminders.iter().rev().find(|(k, _)| *k == key) {
+            return Ok(record.clone());
+        }
+        if let Some(record) = group.reminders.get(&key) {
+            return Ok(record.clone());
+        }
         load_reminder(&self.db, grain, name)
     }
 }
@@ -428,6 +523,10 @@ impl Storage for SledStorage {
         self.reminder_count.load(Ordering::Relaxed)
     }
 
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush().map(|_| ()).map_err(transient)
     }
@@ -505,6 +604,12 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
+        let err = SledStorage::open(dir.path(), Histogram::new([0.1]))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("did not write"), "{err}");
+        // With a marker, the header inside is checked too.
+        format::write(dir.path(), Marker::Ready).unwrap();
         let err = SledStorage::open(dir.path(), Histogram::new([0.1]))
             .err()
             .unwrap();

@@ -16,6 +16,7 @@ impl Host for GrainHost {
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, types::CallError> {
         let target = parse_target(&target)?;
+        check_method(&method)?;
         let chain = self.turn.chain.extended(&self.id);
         let silo = self.silo.clone();
         let reply = silo
@@ -30,7 +31,7 @@ impl Host for GrainHost {
         method: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::CallError>> {
-        let target = match parse_target(&target) {
+        let target = match parse_target(&target).and_then(|t| check_method(&method).map(|()| t)) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -49,6 +50,10 @@ impl Host for GrainHost {
         });
         Ok(Ok(()))
     }
+}
+
+fn check_method(method: &str) -> Result<(), CallError> {
+    crate::grain_id::validate_method(method).map_err(|e| CallError::BadId(e.to_string()))
 }
 
 fn parse_target(target: &types::GrainId) -> Result<GrainId, CallError> {
