@@ -390,7 +390,17 @@ impl Activation {
             &mut host.turn,
             Turn::new(CallChain::default(), Instant::now()),
         );
-        host.timers.apply(turn.timers, Instant::now());
+        if !turn.timers.is_empty() {
+            host.timers.apply(turn.timers, Instant::now());
+        }
+        let read_only = turn.state.is_none()
+            && turn.sends.is_empty()
+            && turn.reminders.is_empty()
+            && delivery.is_none()
+            && advance.is_none();
+        if read_only {
+            return Ok(());
+        }
         let mut commit = TurnCommit::new(self.info.id.clone());
         commit.state = turn.state;
         commit.sends = turn.sends;

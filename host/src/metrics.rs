@@ -19,8 +19,17 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// The series of a kind's successful calls, looked up once per kind rather than per call.
+#[derive(Clone)]
+struct KindSeries {
+    ok: Counter,
+    seconds: Histogram,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Keeps the hot path (a successful call) free of label allocations.
+    ok_series: std::sync::RwLock<std::collections::HashMap<String, KindSeries>>,
     pub calls: Family<CallLabels, Counter>,
     pub call_seconds: Family<KindLabels, Histogram>,
     pub activations: Gauge,
@@ -130,6 +139,7 @@ impl Metrics {
         );
         root.register("drains", "Drains by outcome", drains.clone());
         Self {
+            ok_series: Default::default(),
             guest_log_dropped,
             drain_seconds,
             drains,
@@ -148,6 +158,12 @@ impl Metrics {
     }
 
     pub fn observe_call(&self, kind: &str, outcome: &str, seconds: f64) {
+        if outcome == "ok" {
+            let series = self.ok_series(kind);
+            series.ok.inc();
+            series.seconds.observe(seconds);
+            return;
+        }
         self.calls
             .get_or_create(&CallLabels {
                 kind: kind.to_owned(),
@@ -159,6 +175,38 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .observe(seconds);
+    }
+
+    fn ok_series(&self, kind: &str) -> KindSeries {
+        // Poisoning needs a panic under the lock; nothing here panics.
+        if let Some(series) = self
+            .ok_series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kind)
+        {
+            return series.clone();
+        }
+        let series = KindSeries {
+            ok: self
+                .calls
+                .get_or_create(&CallLabels {
+                    kind: kind.to_owned(),
+                    outcome: "ok".to_owned(),
+                })
+                .clone(),
+            seconds: self
+                .call_seconds
+                .get_or_create(&KindLabels {
+                    kind: kind.to_owned(),
+                })
+                .clone(),
+        };
+        self.ok_series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind.to_owned(), series.clone());
+        series
     }
 
     pub fn reminder_ticks(&self, outcome: &'static str) -> Counter {

@@ -80,7 +80,8 @@ impl Silo {
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
         let started = Instant::now();
-        let kind_label = if self.kinds.get(&target.kind).is_some() {
+        // Only deployed kinds become metric labels: names from clients must not mint series.
+        let kind_label = if self.kinds.contains(&target.kind) {
             target.kind.clone()
         } else {
             "-".to_owned()

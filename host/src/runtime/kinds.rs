@@ -136,6 +136,10 @@ impl Kinds {
         Ok((kind, cached))
     }
 
+    pub fn contains(&self, name: &str) -> bool {
+        self.read().contains_key(name)
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<GrainKind>> {
         self.read().get(name).cloned()
     }
