@@ -1,4 +1,4 @@
-//! Build orchestration for Granary: `cargo xtask build | demo | test | bench`.
+//! Build orchestration for Granary: `cargo xtask build | demo | test | bench | soak`.
 //!
 //! Everything shares the workspace `target/` directory; the guest components are built once
 //! per invocation and copied to `target/grains/<kind>.wasm` (examples) and
@@ -33,6 +33,19 @@ enum Task {
     },
     /// Build the grains once, then run fmt check, clippy and every test.
     Test,
+    /// Build the grains, then run the benchmark (release) beside its floors.
+    Bench {
+        /// Reduced run (under 2 minutes); exits non-zero when a figure misses its target by
+        /// more than 25 %.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Build the grains and the host, then run the crash-loop soak (kill -9 and verify).
+    Soak {
+        /// Kill/restart/verify rounds (CI runs 3 as part of `test`).
+        #[arg(long, default_value_t = 200)]
+        rounds: u32,
+    },
 }
 
 /// Guest crates: (directory, destination folder under target/).
@@ -58,6 +71,8 @@ fn run_task() -> anyhow::Result<()> {
         }
         Task::Demo { listen, data } => demo(&root, &listen, &data)?,
         Task::Test => test(&root)?,
+        Task::Bench { quick } => bench(&root, quick)?,
+        Task::Soak { rounds } => soak(&root, rounds)?,
     }
     Ok(())
 }
@@ -190,6 +205,11 @@ fn demo(root: &Path, listen: &str, data: &Path) -> anyhow::Result<()> {
     eprintln!("  {g} call ledger/alice deposit 100 --addr {base}");
     eprintln!("  {g} call ledger/alice transfer '{{\"to\":\"bob\",\"amount\":30}}' --addr {base}");
     eprintln!("  {g} call ledger/bob balance --addr {base}");
+    eprintln!(
+        "  {g} call sync-worker/reports start '{{\"every_ms\":2000,\"keepalive_secs\":60}}' --addr {base}"
+    );
+    eprintln!("  {g} call sync-worker/reports status --addr {base}");
+    eprintln!("  {g} reminders sync-worker/reports --addr {base}");
     eprintln!("  {g} kinds --addr {base}");
     eprintln!("  curl -s -X POST {base}/v1/grains/counter/alice/increment -d 1");
     eprintln!("  curl -s {base}/metrics | grep granary_calls");
@@ -205,6 +225,37 @@ fn demo(root: &Path, listen: &str, data: &Path) -> anyhow::Result<()> {
         "--listen",
         listen,
     ]))
+}
+
+/// The table goes to stdout, progress to stderr, the JSON to target/bench/latest.json.
+fn bench(root: &Path, quick: bool) -> anyhow::Result<()> {
+    build_guests(root)?;
+    let started = step("cargo run --release -p granary-bench");
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-p", "granary-bench", "--"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(&mut cmd)?;
+    done(started);
+    Ok(())
+}
+
+/// Prints `soak: rounds=R kills=K writes_verified=W lost=0` (see RELIABILITY.md).
+fn soak(root: &Path, rounds: u32) -> anyhow::Result<()> {
+    build_guests(root)?;
+    let started = step("cargo build -p granary");
+    run(cargo().args(["build", "-p", "granary"]))?;
+    done(started);
+    let started = step(&format!("soak: {rounds} rounds"));
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "granary-tests", "--test", "all", "soak"])
+        .args(["--", "--nocapture"])
+        .env("GRANARY_SOAK_ROUNDS", rounds.to_string())
+        .env("GRANARY_BIN", root.join("target/debug/granary"));
+    run(&mut cmd)?;
+    done(started);
+    Ok(())
 }
 
 fn test(root: &Path) -> anyhow::Result<()> {

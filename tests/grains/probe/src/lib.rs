@@ -1,7 +1,8 @@
 //! `probe`: a test grain that misbehaves on request, for the host's integration tests.
 //!
 //! It fails after writing, traps, loops forever, holds a turn for a while, allocates, calls
-//! itself, and records each deactivation in its state. Not an example to copy.
+//! itself, records each deactivation in its state, and tries to escape its sandbox (files,
+//! environment, network, stack, state and payload caps, log floods). Not an example to copy.
 //!
 //! ```text
 //! cargo xtask build
@@ -58,6 +59,9 @@ pub struct Probe {
     /// What `on_deactivate` does: "" (record it), "hang" (loop forever) or "trap".
     #[serde(default, skip_serializing_if = "String::is_empty")]
     on_deactivate: String,
+    /// Ballast set by `write_state_mib`, to push the state past the silo's cap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ballast: Vec<u8>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -88,6 +92,24 @@ fn probe(key: impl Into<String>) -> GrainId {
     GrainId::new("probe", key)
 }
 
+/// `kib` KiB of text.
+fn big_text(kib: u64) -> String {
+    "x".repeat(
+        usize::try_from(kib)
+            .unwrap_or(usize::MAX / 2048)
+            .saturating_mul(1024),
+    )
+}
+
+/// Not a tail call: the addition after the call keeps every frame alive.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if black_box(depth) == 0 {
+        return 0;
+    }
+    black_box(recurse(depth - 1)).wrapping_add(depth)
+}
+
 #[grain]
 impl Probe {
     /// Sets the value and returns it.
@@ -115,6 +137,13 @@ impl Probe {
     /// Panics, which traps the instance.
     pub fn trap(&self) {
         panic!("probe trapped on purpose");
+    }
+
+    /// Sets the value, then panics: the value must not be committed, and the trapped
+    /// instance (whose memory holds it) must never serve again.
+    pub fn set_then_trap(&mut self, value: u64) {
+        self.value = value;
+        panic!("probe trapped after a write on purpose");
     }
 
     /// Loops forever without looking at `cancelled()`: only the host's deadline stops it.
@@ -247,6 +276,93 @@ impl Probe {
     /// The names of the registered reminders.
     pub fn reminders(&self, ctx: &mut Ctx) -> Vec<String> {
         ctx.reminders().into_iter().map(|r| r.name).collect()
+    }
+
+    /// Reads a host file through WASI: the sandbox has no preopened directories, so this
+    /// must fail.
+    pub fn read_file(&self, path: String) -> Result<String, String> {
+        std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// Tries to create (and write) a file: must fail in the sandbox.
+    pub fn write_file(&self, path: String) -> Result<(), String> {
+        std::fs::write(&path, b"written by a grain").map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// The environment the grain sees: must be empty.
+    pub fn env(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+
+    /// Opens a TCP connection to `addr` (`host:port`): the sandbox has no network.
+    pub fn connect(&self, addr: String) -> Result<(), String> {
+        std::net::TcpStream::connect(&addr)
+            .map(drop)
+            .map_err(|e| format!("{addr}: {e}"))
+    }
+
+    /// Recurses `depth` levels without tail calls; a large depth overflows the wasm stack.
+    pub fn recurse(&self, depth: u64) -> u64 {
+        recurse(black_box(depth))
+    }
+
+    /// Stores `mib` MiB of ballast in the state; the write exceeds the state cap, so the
+    /// turn fails and nothing is committed.
+    pub fn write_state_mib(&mut self, mib: u64) -> Result<u64, String> {
+        let len = usize::try_from(mib)
+            .ok()
+            .and_then(|mib| mib.checked_mul(1 << 20))
+            .ok_or_else(|| format!("{mib} MiB does not fit in memory"))?;
+        self.ballast = vec![0; len];
+        self.value += 1;
+        Ok(len as u64)
+    }
+
+    /// Sends `echo` with a payload of `kib` KiB to `probe/<own key>-peer`.
+    pub fn send_big(&mut self, ctx: &mut Ctx, kib: u64) -> Result<(), String> {
+        let target = probe(format!("{}-peer", ctx.self_id().key));
+        ctx.send(&target, "echo", &big_text(kib))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Calls `echo` with a payload of `kib` KiB on `probe/<own key>-peer`; returns the
+    /// reply's length.
+    pub fn call_big(&self, ctx: &mut Ctx, kib: u64) -> Result<u64, String> {
+        let target = probe(format!("{}-peer", ctx.self_id().key));
+        let reply: String = ctx
+            .call(&target, "echo", &big_text(kib))
+            .map_err(|e| e.to_string())?;
+        Ok(reply.len() as u64)
+    }
+
+    /// Replies with `kib` KiB of text.
+    pub fn big_reply(&self, kib: u64) -> String {
+        big_text(kib)
+    }
+
+    /// Sends to `probe/<own key>-peer` with a method name of `kib` KiB.
+    pub fn send_long_method(&mut self, ctx: &mut Ctx, kib: u64) -> Result<(), String> {
+        let target = probe(format!("{}-peer", ctx.self_id().key));
+        ctx.send(&target, &big_text(kib), &())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Calls `probe/<own key>-peer` with a method name of `kib` KiB.
+    pub fn call_long_method(&self, ctx: &mut Ctx, kib: u64) -> Result<(), String> {
+        let target = probe(format!("{}-peer", ctx.self_id().key));
+        ctx.call::<Value>(&target, &big_text(kib), &())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Logs `n` lines through `log` and `n` on stdout, each with a terminal escape
+    /// sequence; returns `n`.
+    pub fn log_flood(&self, ctx: &mut Ctx, n: u64) -> u64 {
+        for i in 0..n {
+            ctx.info(format!("flood \u{1b}[31mred\u{1b}[0m log line {i}"));
+            println!("flood \u{1b}[31mred\u{1b}[0m stdout line {i}");
+        }
+        n
     }
 
     fn on_deactivate(&mut self, reason: DeactivationReason) {
