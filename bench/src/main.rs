@@ -95,6 +95,11 @@ const ROWS: &[RowSpec] = &[
         title: "durable reminders",
         maps: Maps::Any,
     },
+    RowSpec {
+        name: "restart",
+        title: "restart to serving with a warm compile cache",
+        maps: Maps::Any,
+    },
 ];
 
 fn main() -> ExitCode {

@@ -195,7 +195,7 @@ fn judge(op: Op, actual: f64, target: f64) -> Verdict {
 
 /// A number with its unit, rounded for reading.
 pub fn show(value: f64, unit: &str) -> String {
-    let n = if value.abs() >= 100.0 {
+    let n = if value.abs() >= 100.0 || value.fract() == 0.0 {
         group_thousands(value.round() as i64)
     } else if value.abs() >= 10.0 {
         format!("{value:.1}")
@@ -322,5 +322,6 @@ mod tests {
         assert_eq!(show(1234567.8, "calls/s"), "1,234,568 calls/s");
         assert_eq!(show(12.345, "µs"), "12.3 µs");
         assert_eq!(show(1.2345, ""), "1.23");
+        assert_eq!(show(0.0, "calls"), "0 calls");
     }
 }

@@ -10,6 +10,7 @@ mod durable;
 mod http;
 mod memory;
 mod reminders;
+mod restart;
 mod timers;
 
 use serde::Serialize;
@@ -53,6 +54,7 @@ pub async fn run(row: &str, opts: &Opts) -> anyhow::Result<serde_json::Value> {
         "capacity" => capacity::run(opts).await?,
         "drain" => drain::run(opts).await?,
         "reminders" => reminders::run(opts).await?,
+        "restart" => restart::run(opts).await?,
         "reminders-populate" => return reminders::populate(opts).await,
         "reminders-restart" => return reminders::restart(opts).await,
         other => anyhow::bail!("unknown row {other:?}"),
