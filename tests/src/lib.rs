@@ -75,6 +75,9 @@ impl TestSilo {
             grains_dir: grains.path().to_path_buf(),
             data_dir: data.path().join("data"),
             cache_dir: Some(shared_cache_dir()),
+            // Every engine maps two pages per instance slot up front; tests run several
+            // silos in one process, so keep each pool small.
+            max_activations: 2_000,
             ..Config::default()
         };
         adjust(&mut config);
