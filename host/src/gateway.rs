@@ -105,7 +105,7 @@ async fn call_grain(
         silo.call(
             target,
             method,
-            body.to_vec(),
+            Vec::from(body),
             CallChain::default(),
             deadline,
         )

@@ -80,18 +80,17 @@ impl Silo {
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
         let started = Instant::now();
-        // Only deployed kinds become metric labels: names from clients must not mint series.
-        let kind_label = if self.kinds.contains(&target.kind) {
-            target.kind.clone()
-        } else {
-            "-".to_owned()
-        };
         let result = self
-            .call_inner(target, method, payload, chain, deadline, None)
+            .call_inner(&target, method, payload, chain, deadline, None)
             .await;
         let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
+        // Only deployed kinds become metric labels: names from clients must not mint series.
+        let kind_label = match result {
+            Err(CallError::UnknownKind(_) | CallError::BadId(_)) => "-",
+            _ => target.kind.as_str(),
+        };
         self.metrics
-            .observe_call(&kind_label, outcome, started.elapsed().as_secs_f64());
+            .observe_call(kind_label, outcome, started.elapsed().as_secs_f64());
         result
     }
 
@@ -104,7 +103,7 @@ impl Silo {
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
         self.call_inner(
-            entry.target.clone(),
+            &entry.target,
             entry.method.clone(),
             entry.payload.clone(),
             chain,
@@ -168,7 +167,7 @@ impl Silo {
 
     async fn call_inner(
         self: &Arc<Self>,
-        target: GrainId,
+        target: &GrainId,
         method: String,
         payload: Vec<u8>,
         chain: CallChain,
@@ -182,8 +181,8 @@ impl Silo {
         if !self.storage.is_healthy() {
             return Err(CallError::Overloaded);
         }
-        if chain.contains(&target) {
-            return Err(CallError::Cycle(chain.describe_cycle(&target)));
+        if chain.contains(target) {
+            return Err(CallError::Cycle(chain.describe_cycle(target)));
         }
         let (reply, replied) = oneshot::channel();
         let message = Message::Call(Call {
@@ -194,7 +193,7 @@ impl Silo {
             delivery,
             reply,
         });
-        self.catalog.place(self, &target, message, deadline).await?;
+        self.catalog.place(self, target, message, deadline).await?;
         match tokio::time::timeout_at(deadline.into(), replied).await {
             Ok(Ok(result)) => result,
             // The activation dropped the call without answering: it was interrupted.
