@@ -337,10 +337,18 @@ where
     }
 }
 
+/// Names the copy of this binary that row processes run (see [`run_child`]).
+pub const EXE_ENV: &str = "GRANARY_BENCH_EXE";
+
 /// Runs a phase of this binary in a child process (`--row NAME ...`); its stderr is shown
 /// as progress, its stdout is the JSON it returns.
 pub fn run_child(row: &str, quick: bool, extra: &[String]) -> anyhow::Result<serde_json::Value> {
-    let exe = std::env::current_exe()?;
+    // The orchestrator runs every row from its own copy of the binary, so a rebuild of
+    // target/release/granary-bench during a run changes nothing.
+    let exe = match std::env::var_os(EXE_ENV) {
+        Some(exe) => PathBuf::from(exe),
+        None => std::env::current_exe()?,
+    };
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["--row", row]);
     if quick {

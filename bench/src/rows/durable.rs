@@ -3,8 +3,9 @@
 //! writes with no wasm: 64 concurrent callers each hand one write (the same key and value
 //! shape) to one committer thread, which puts every write waiting into one sled batch,
 //! flushes once for all of them (group commit) and acknowledges each caller after the
-//! flush. A reference line applies one batch per write instead (the silo's committer
-//! applies one batch per turn), still with one flush per group.
+//! flush. A reference line applies one batch per write instead (how the silo's committer
+//! worked before it merged a group into one batch), still with one flush per group: sled's
+//! flush cost grows with the number of batches, not with the bytes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,8 +112,9 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
         .floor(floor.rate, "the raw sled floor above (one batch per group)")
         .share()
         .note(
-            "The floor's loop, but applying each caller's write as its own sled batch, as \
-             the silo's committer applies each turn's batch; still one flush per group",
+            "The floor's loop, but applying each caller's write as its own sled batch (as \
+             the silo's committer did before it merged each group into one batch); still \
+             one flush per group",
         ),
         Figure::new(
             "  reference: the silo's storage alone (`Storage::commit`, 64 callers)",
@@ -209,7 +211,7 @@ async fn storage_commits(
 type Job = (Vec<u8>, Vec<u8>, oneshot::Sender<Result<(), String>>);
 
 /// The raw sled loop. With `merge`, the committer writes every waiting caller's key in one
-/// batch per flush; without, one batch per caller (the silo's committer shape), still one
+/// batch per flush; without, one batch per caller (the silo's former committer), still one
 /// flush per group.
 async fn sled_floor(
     dir: &std::path::Path,
