@@ -144,27 +144,46 @@ impl Activation {
 
     async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
         let idle = self.silo.config.idle_timeout();
+        // Two timers for the life of the activation, moved rather than recreated: the idle
+        // timer is only re-armed when it fires early (a turn ran since it was set).
+        let idle_timer = tokio::time::sleep(idle);
+        let tick_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(idle_timer, tick_timer);
+        let mut last_turn = Instant::now();
         let reason = loop {
             let timer_due = self.next_timer();
-            let next = tokio::select! {
+            if let Some(due) = timer_due
+                && tick_timer.deadline() != due.into()
+            {
+                tick_timer.as_mut().reset(due.into());
+            }
+            tokio::select! {
                 biased;
                 _ = self.info.deactivate.cancelled() => break self.info.reason(),
-                _ = sleep_until(timer_due), if timer_due.is_some() => {
+                _ = &mut tick_timer, if timer_due.is_some() => {
                     self.timer_turn().await;
-                    continue;
+                    last_turn = Instant::now();
                 }
                 // Admission stopped: recompute without timers.
-                _ = self.silo.lifecycle.stopping.cancelled(), if timer_due.is_some() => continue,
-                next = tokio::time::timeout(idle, mailbox.recv()) => next,
-            };
-            match next {
-                Ok(Some(message)) => self.turn(message).await,
-                // The catalog holds a sender while the activation is registered.
-                Ok(None) => break DeactivationReason::Drain,
-                Err(_) if self.silo.catalog.begin_idle_deactivation(&self.info) => {
-                    break DeactivationReason::Idle;
+                _ = self.silo.lifecycle.stopping.cancelled(), if timer_due.is_some() => {}
+                message = mailbox.recv() => match message {
+                    Some(message) => {
+                        self.turn(message).await;
+                        last_turn = Instant::now();
+                    }
+                    // The catalog holds a sender while the activation is registered.
+                    None => break DeactivationReason::Drain,
+                },
+                _ = &mut idle_timer => {
+                    let quiet_until = last_turn + idle;
+                    if Instant::now() < quiet_until {
+                        idle_timer.as_mut().reset(quiet_until.into());
+                    } else if self.silo.catalog.begin_idle_deactivation(&self.info) {
+                        break DeactivationReason::Idle;
+                    } else {
+                        idle_timer.as_mut().reset((Instant::now() + idle).into());
+                    }
                 }
-                Err(_) => {}
             }
         };
         // No new messages from here on; those already queued still get their turn.
@@ -635,14 +654,6 @@ async fn guest<T>(
         result = tokio::time::timeout_at(deadline.into(), call) => {
             result.map_err(|_| Stopped::Deadline)
         }
-    }
-}
-
-/// Sleeps until `at`; pending forever when there is nothing to wait for.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -225,8 +225,8 @@ fn reschedule(silo: &Silo, due: &DueReminder) {
         Ok(Some(record)) if record.next_due_ms == due.due_ms => {
             // Not advanced (drain): it stays due and fires after the restart.
         }
+        // Advanced: the commit that moved it also replaced its index entry.
         Ok(Some(record)) => {
-            let _ = silo.storage.drop_stale_index(due);
             silo.reminders.scheduled(DueReminder {
                 due_ms: record.next_due_ms,
                 grain: due.grain.clone(),
