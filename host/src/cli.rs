@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use reqwest::Method;
 
 use crate::config::{Config, LogFormat};
 use crate::silo::{RunningSilo, Silo};
@@ -113,6 +114,40 @@ impl clap::ValueEnum for LogFormat {
     }
 }
 
+impl Client {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr.trim_end_matches('/'))
+    }
+
+    /// Sends a request to `path` (with the bearer token when one is given) and prints the
+    /// answer.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> anyhow::Result<ExitCode> {
+        let url = self.url(path);
+        let mut request = reqwest::Client::new().request(method, &url).body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("requesting {url}"))?;
+        print_response(response).await
+    }
+}
+
+/// `KIND/KEY` into its URL path segments.
+fn grain_path(target: &str, example: &str) -> anyhow::Result<String> {
+    let Some((kind, key)) = target.split_once('/') else {
+        bail!("target must be KIND/KEY, e.g. {example}");
+    };
+    Ok(format!("{}/{}", encode_segment(kind), encode_segment(key)))
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -164,20 +199,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             client,
         } => call(&client, &target, &method, json).await,
-        Command::Kinds { client } => get_json(&client, "/v1/kinds").await,
-        Command::Grains { client } => get_json(&client, "/v1/grains").await,
+        Command::Kinds { client } => client.send(Method::GET, "/v1/kinds", "").await,
+        Command::Grains { client } => client.send(Method::GET, "/v1/grains", "").await,
         Command::Reminders { target, client } => {
-            let Some((kind, key)) = target.split_once('/') else {
-                bail!("target must be KIND/KEY, e.g. sync-worker/reports");
-            };
             let path = format!(
-                "/v1/grains/{}/{}/reminders",
-                encode_segment(kind),
-                encode_segment(key)
+                "/v1/grains/{}/reminders",
+                grain_path(&target, "sync-worker/reports")?
             );
-            get_json(&client, &path).await
+            client.send(Method::GET, &path, "").await
         }
-        Command::Drain { client } => drain(&client).await,
+        Command::Drain { client } => client.send(Method::POST, "/v1/admin/drain", "").await,
         Command::New(args) => crate::scaffold::run(args),
         Command::Dev(args) => crate::dev::run(args).await,
         Command::Deploy { file, kind, client } => deploy(&client, &file, kind).await,
@@ -275,49 +306,14 @@ async fn call(
     method: &str,
     json: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let Some((kind, key)) = target.split_once('/') else {
-        bail!("target must be KIND/KEY, e.g. counter/alice");
-    };
+    let grain = grain_path(target, "counter/alice")?;
     let body = json.unwrap_or_default();
     if !body.is_empty() {
         serde_json::from_str::<serde_json::Value>(&body)
             .with_context(|| format!("payload is not valid JSON: {body}"))?;
     }
-    let url = format!(
-        "{}/v1/grains/{}/{}/{}",
-        client.addr.trim_end_matches('/'),
-        encode_segment(kind),
-        encode_segment(key),
-        encode_segment(method)
-    );
-    let response = reqwest::Client::new()
-        .post(&url)
-        .body(body)
-        .send()
-        .await
-        .with_context(|| format!("calling {url}"))?;
-    print_response(response).await
-}
-
-async fn get_json(client: &Client, path: &str) -> anyhow::Result<ExitCode> {
-    let url = format!("{}{path}", client.addr.trim_end_matches('/'));
-    let response = reqwest::get(&url)
-        .await
-        .with_context(|| format!("requesting {url}"))?;
-    print_response(response).await
-}
-
-async fn drain(client: &Client) -> anyhow::Result<ExitCode> {
-    let url = format!("{}/v1/admin/drain", client.addr.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().post(&url);
-    if let Some(token) = &client.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("requesting {url}"))?;
-    print_response(response).await
+    let path = format!("/v1/grains/{grain}/{}", encode_segment(method));
+    client.send(Method::POST, &path, body).await
 }
 
 async fn deploy(
@@ -340,21 +336,14 @@ async fn deploy(
     };
     crate::grain_id::validate_kind(&kind).context("use --kind to name the kind")?;
     let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let url = format!("{}/v1/kinds/{}", client.addr.trim_end_matches('/'), kind);
     eprintln!(
         "deploying {} ({} KiB) as {kind}; the silo validates and compiles it...",
         file.display(),
         wasm.len() / 1024
     );
-    let mut request = reqwest::Client::new().put(&url).body(wasm);
-    if let Some(token) = &client.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
+    client
+        .send(Method::PUT, &format!("/v1/kinds/{kind}"), wasm)
         .await
-        .with_context(|| format!("requesting {url}"))?;
-    print_response(response).await
 }
 
 async fn print_response(response: reqwest::Response) -> anyhow::Result<ExitCode> {

@@ -105,7 +105,9 @@ impl Default for Config {
 
 /// Environment variables that override the file, one per top-level key.
 const ENV_PREFIX: &str = "GRANARY_";
-const ENV_KEYS: &[&str] = &[
+/// Every top-level key but `kinds` (a table, file only); a unit test keeps it in step with
+/// the struct.
+pub const ENV_KEYS: &[&str] = &[
     "listen",
     "grains_dir",
     "data_dir",
@@ -252,6 +254,22 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn every_scalar_key_has_an_environment_variable() {
+        let table = serde_json::to_value(Config::default()).unwrap();
+        let mut keys: Vec<&str> = table
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "kinds")
+            .collect();
+        let mut env: Vec<&str> = ENV_KEYS.to_vec();
+        keys.sort();
+        env.sort();
+        assert_eq!(keys, env);
     }
 
     #[test]

@@ -101,6 +101,18 @@ impl TestSilo {
         post(&self.client, &self.base, target, method, body).await
     }
 
+    /// A probe's committed state, read straight from storage (no turn runs).
+    pub fn stored_probe(&self, key: &str) -> serde_json::Value {
+        let grain = granary::GrainId::parse("probe", key).expect("a valid key");
+        let bytes = self
+            .silo
+            .storage
+            .load_state(&grain)
+            .expect("reading state")
+            .unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let r = self
             .client
@@ -133,6 +145,53 @@ pub async fn post(
         .expect("request");
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
+}
+
+/// How one transfer of [`ledger_transfer`] went.
+pub enum Transfer {
+    Moved,
+    /// 422: the ledger refused it (insufficient funds), on purpose.
+    Refused,
+    /// Any other answer: status and body.
+    Unexpected(String),
+    /// The request failed: the server is gone.
+    Gone,
+}
+
+/// The `i`-th transfer of a fixed pattern over the ledger accounts `acct0..accounts`;
+/// every fifth asks for more than any account holds. `None` when the pattern picks the
+/// same account twice.
+pub async fn ledger_transfer(
+    http: &reqwest::Client,
+    base: &str,
+    i: usize,
+    accounts: usize,
+) -> Option<Transfer> {
+    let from = i % accounts;
+    let to = (i * 3 + 1) % accounts;
+    if from == to {
+        return None;
+    }
+    let amount = if i.is_multiple_of(5) {
+        1_000_000
+    } else {
+        (i % 50) as u64 + 1
+    };
+    let body = format!(r#"{{"to":"acct{to}","amount":{amount}}}"#);
+    let sent = http
+        .post(format!("{base}/v1/grains/ledger/acct{from}/transfer"))
+        .body(body)
+        .send()
+        .await;
+    Some(match sent {
+        Ok(r) if r.status() == 200 => Transfer::Moved,
+        Ok(r) if r.status() == 422 => Transfer::Refused,
+        Ok(r) => {
+            let status = r.status();
+            Transfer::Unexpected(format!("{status} {}", r.text().await.unwrap_or_default()))
+        }
+        Err(_) => Transfer::Gone,
+    })
 }
 
 /// The `granary` binary built by `cargo xtask test` (or `GRANARY_BIN`).

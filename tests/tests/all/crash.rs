@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use granary_tests::{ChildSilo, grains_dir, post};
+use granary_tests::{ChildSilo, Transfer, grains_dir, ledger_transfer, post};
 
 const CLIENTS: usize = 6;
 
@@ -94,32 +94,16 @@ async fn ledger_total_is_conserved_across_kill_9() {
             let mut i = c;
             while !stop.load(Ordering::Relaxed) {
                 i += 7;
-                let from = i % ACCOUNTS;
-                let to = (i * 3 + 1) % ACCOUNTS;
-                if from == to {
-                    continue;
-                }
-                // Every fifth transfer asks for more than any account holds.
-                let amount = if i % 5 == 0 {
-                    1_000_000
-                } else {
-                    (i % 50) as u64 + 1
-                };
-                let body = format!(r#"{{"to":"acct{to}","amount":{amount}}}"#);
-                match http
-                    .post(format!("{base}/v1/grains/ledger/acct{from}/transfer"))
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => {
+                match ledger_transfer(&http, &base, i, ACCOUNTS).await {
+                    None => {}
+                    Some(Transfer::Moved) => {
                         moved.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) if r.status() == 422 => {
+                    Some(Transfer::Refused) => {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => panic!("unexpected status {}", r.status()),
-                    Err(_) => break,
+                    Some(Transfer::Unexpected(answer)) => panic!("unexpected answer {answer}"),
+                    Some(Transfer::Gone) => break,
                 }
             }
         }));

@@ -698,30 +698,12 @@ proptest! {
     }
 }
 
-const CONFIG_KEYS: &[&str] = &[
-    "listen",
-    "grains_dir",
-    "data_dir",
-    "cache_dir",
-    "idle_timeout_ms",
-    "max_activations",
-    "mailbox_capacity",
-    "turn_timeout_ms",
-    "call_timeout_ms",
-    "max_payload_bytes",
-    "max_state_bytes",
-    "memory_limit_bytes",
-    "admin_token",
-    "log_format",
-    "grace_ms",
-    "readiness_delay_ms",
-    "turn_grace_ms",
-    "lock_wait_ms",
-    "min_reminder_period_ms",
-    "max_reminders_per_grain",
-    "kinds",
-    "no_such_key",
-];
+/// The configuration's keys, plus the table key and one it does not know.
+fn config_keys() -> Vec<&'static str> {
+    let mut keys = granary::config::ENV_KEYS.to_vec();
+    keys.extend(["kinds", "no_such_key"]);
+    keys
+}
 
 fn toml_value() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -749,7 +731,7 @@ fn toml_value() -> impl Strategy<Value = String> {
 fn toml_text() -> impl Strategy<Value = String> {
     prop_oneof![
         // Plausible files: known and unknown keys with values of any type.
-        prop::collection::vec((prop::sample::select(CONFIG_KEYS), toml_value()), 0..8).prop_map(
+        prop::collection::vec((prop::sample::select(config_keys()), toml_value()), 0..8).prop_map(
             |pairs| {
                 pairs
                     .into_iter()
@@ -775,7 +757,7 @@ fn toml_text() -> impl Strategy<Value = String> {
 
 fn env_pairs() -> impl Strategy<Value = Vec<(String, String)>> {
     let name = prop_oneof![
-        prop::sample::select(CONFIG_KEYS).prop_map(|k| format!("GRANARY_{}", k.to_uppercase())),
+        prop::sample::select(config_keys()).prop_map(|k| format!("GRANARY_{}", k.to_uppercase())),
         "GRANARY_[A-Za-z_]{0,20}",
         Just("GRANARY_".to_owned()),
         Just("granary_listen".to_owned()),

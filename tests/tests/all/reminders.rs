@@ -8,17 +8,6 @@ use granary::reminders::{MAX_WINDOW, MissedPolicy, ReminderChange, ReminderRecor
 use granary::storage::TurnCommit;
 use granary_tests::TestSilo;
 
-fn stored(silo: &TestSilo, key: &str) -> serde_json::Value {
-    let grain = granary::GrainId::parse("probe", key).unwrap();
-    let bytes = silo
-        .silo
-        .storage
-        .load_state(&grain)
-        .unwrap()
-        .unwrap_or_default();
-    serde_json::from_slice(&bytes).unwrap_or_default()
-}
-
 async fn reminders_json(silo: &TestSilo, key: &str) -> serde_json::Value {
     let (status, body) = silo.get(&format!("/v1/grains/probe/{key}/reminders")).await;
     assert_eq!(status, 200, "{body}");
@@ -36,7 +25,7 @@ async fn reminders_fire_and_reactivate_an_idle_grain() {
     let args = r#"{"name":"beat","due_ms":100,"period_ms":300}"#;
     assert_eq!(silo.call("probe/r", "start_reminder", args).await.0, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let state = stored(&silo, "r");
+    let state = silo.stored_probe("r");
     let ticks = state["reminder_ticks"].as_u64().unwrap_or(0);
     assert!(ticks >= 3, "{state}");
     assert_eq!(
@@ -74,9 +63,9 @@ async fn reminders_fire_and_reactivate_an_idle_grain() {
     );
     let listed = reminders_json(&silo, "r").await;
     assert_eq!(listed["reminders"].as_array().unwrap().len(), 0);
-    let stopped = stored(&silo, "r")["reminder_ticks"].clone();
+    let stopped = silo.stored_probe("r")["reminder_ticks"].clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stored(&silo, "r")["reminder_ticks"], stopped);
+    assert_eq!(silo.stored_probe("r")["reminder_ticks"], stopped);
     silo.shutdown().await;
 }
 

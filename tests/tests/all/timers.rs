@@ -11,17 +11,6 @@ async fn state(silo: &TestSilo, target: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-fn stored(silo: &TestSilo, key: &str) -> serde_json::Value {
-    let grain = granary::GrainId::parse("probe", key).unwrap();
-    let bytes = silo
-        .silo
-        .storage
-        .load_state(&grain)
-        .unwrap()
-        .unwrap_or_default();
-    serde_json::from_slice(&bytes).unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timer_ticks_commit_and_coalesce_while_a_turn_runs() {
     let silo = TestSilo::start().await;
@@ -36,7 +25,7 @@ async fn timer_ticks_commit_and_coalesce_while_a_turn_runs() {
         "a 10 ms timer ticked only {before} times in 200 ms"
     );
     // The tick writes are durable like any turn's.
-    assert!(stored(&silo, "t")["timer_ticks"].as_u64().unwrap() >= before);
+    assert!(silo.stored_probe("t")["timer_ticks"].as_u64().unwrap() >= before);
 
     // A 400 ms turn holds the grain: ~40 periods pass, at most one tick follows it.
     let (status, _) = silo.call("probe/t", "sleep_ms", "400").await;
@@ -72,14 +61,14 @@ async fn timers_stop_when_the_activation_is_evicted() {
     // Another grain needs the only slot: the ticking one is evicted, and its timer with it.
     assert_eq!(silo.call("probe/other", "set", "1").await.0, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let after_eviction = stored(&silo, "ticking");
+    let after_eviction = silo.stored_probe("ticking");
     assert_eq!(
         after_eviction["last_deactivation"], "Evicted",
         "{after_eviction}"
     );
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
-        stored(&silo, "ticking")["timer_ticks"],
+        silo.stored_probe("ticking")["timer_ticks"],
         after_eviction["timer_ticks"]
     );
     silo.shutdown().await;
