@@ -51,6 +51,9 @@ pub struct Config {
     pub turn_grace_ms: u64,
     /// At start-up, how long to wait for another process to release the data directory.
     pub lock_wait_ms: u64,
+    /// Stores up to this size are copied before they are opened, so that one refused as
+    /// damaged is left exactly as found (sled's recovery rewrites a damaged log); 0 never copies.
+    pub open_copy_max_mib: u64,
     /// Shortest reminder period (at least 100 ms); faster periodic work belongs in timers.
     pub min_reminder_period_ms: u64,
     /// Reminders one grain may hold.
@@ -96,6 +99,7 @@ impl Default for Config {
             readiness_delay_ms: 0,
             turn_grace_ms: 10_000,
             lock_wait_ms: 60_000,
+            open_copy_max_mib: 1024,
             min_reminder_period_ms: 1_000,
             max_reminders_per_grain: 256,
             kinds: BTreeMap::new(),
@@ -126,6 +130,7 @@ pub const ENV_KEYS: &[&str] = &[
     "readiness_delay_ms",
     "turn_grace_ms",
     "lock_wait_ms",
+    "open_copy_max_mib",
     "min_reminder_period_ms",
     "max_reminders_per_grain",
 ];

@@ -325,7 +325,11 @@ fn open_storage(config: &Config, metrics: &Metrics) -> anyhow::Result<SledStorag
     let give_up = std::time::Duration::from_millis(config.lock_wait_ms);
     let mut backoff = std::time::Duration::from_millis(50);
     loop {
-        match SledStorage::open(&dir, metrics.flush_seconds.clone()) {
+        match SledStorage::open(
+            &dir,
+            config.open_copy_max_mib << 20,
+            metrics.flush_seconds.clone(),
+        ) {
             Ok(storage) => return Ok(storage),
             Err(StorageError::Transient(reason)) if started.elapsed() < give_up => {
                 tracing::warn!(

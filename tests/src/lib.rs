@@ -11,8 +11,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use granary::storage::{SledStorage, StorageError};
 use granary::{Config, RunningSilo, Silo};
+use prometheus_client::metrics::histogram::Histogram;
 use tempfile::TempDir;
+
+/// Opens a stopped silo's store directly, to read or write what it committed.
+pub fn open_store(db: &Path) -> Result<SledStorage, StorageError> {
+    SledStorage::open(db, u64::MAX, Histogram::new([1.0]))
+}
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

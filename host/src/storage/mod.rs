@@ -10,7 +10,9 @@
 
 mod format;
 mod keys;
+mod open_copy;
 mod sled_store;
+mod watermark;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;

@@ -14,6 +14,8 @@ use std::time::Instant;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::format::{self, FORMAT_VERSION, Marker};
+use super::open_copy::OpenCopy;
+use super::watermark::{self, Watermark};
 use super::{
     DueReminder, Durable, MessageId, OutboxEntry, StateChange, Storage, StorageError, TurnCommit,
     keys,
@@ -61,22 +63,39 @@ impl Drop for SledStorage {
 }
 
 impl SledStorage {
-    /// Opens (or creates) the database under `dir`, checking the format header.
-    pub fn open(dir: &Path, flush_seconds: Histogram) -> Result<Self, StorageError> {
+    /// Opens (or creates) the database under `dir`, checking the format header and that no
+    /// flushed commit is missing. A store refused as unusable is left as it was found when
+    /// it holds at most `copy_max_bytes` (see [`OpenCopy`]).
+    pub fn open(
+        dir: &Path,
+        copy_max_bytes: u64,
+        flush_seconds: Histogram,
+    ) -> Result<Self, StorageError> {
+        OpenCopy::recover(dir)?;
         let marker = format::read(dir)?;
         if marker == Marker::Absent {
             format::write(dir, Marker::New)?;
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
-        check_header(&db, marker)?;
+        let copy = match marker {
+            Marker::Ready => {
+                ensure_unlocked(dir)?;
+                OpenCopy::take(dir, copy_max_bytes)?
+            }
+            Marker::New | Marker::Absent => None,
+        };
+        let opened = open_checked(dir, marker);
+        match (&opened, copy) {
+            (Ok(_), Some(copy)) => copy.discard()?,
+            (Err(StorageError::Fatal(_)), Some(copy)) => copy.restore()?,
+            // Nothing was opened (the lock is held elsewhere): the store was not touched.
+            (Err(StorageError::Transient(_)), Some(copy)) => copy.discard()?,
+            (_, None) => {}
+        }
+        let (db, commits) = opened?;
         if marker != Marker::Ready {
             format::write(dir, Marker::Ready)?;
         }
-        let count = read_count(&db)?;
+        let count = read_u64(&db, "reminders")?;
         let reminder_count = Arc::new(AtomicU64::new(count));
         let (jobs, rx) = mpsc::channel();
         let healthy = Arc::new(AtomicBool::new(true));
@@ -85,6 +104,8 @@ impl SledStorage {
             count: reminder_count.clone(),
             healthy: healthy.clone(),
             flush_seconds,
+            commits,
+            watermark: Watermark::create(dir)?,
         };
         let committer = std::thread::Builder::new()
             .name("granary-commit".into())
@@ -109,13 +130,43 @@ impl SledStorage {
     }
 }
 
+/// Opens sled and checks what it recovered; the database is closed again on an error.
+fn open_checked(dir: &Path, marker: Marker) -> Result<(sled::Db, u64), StorageError> {
+    let flushed = watermark::read(dir)?;
+    let db = sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| open_error(dir, e))?;
+    check_header(&db, marker)?;
+    let commits = read_u64(&db, "commits")?;
+    watermark::check(dir, commits, flushed)?;
+    Ok((db, commits))
+}
+
+fn locked(dir: &Path, detail: impl std::fmt::Display) -> StorageError {
+    StorageError::Transient(format!(
+        "{} is locked by another process (is a previous silo still running?): {detail}",
+        dir.display()
+    ))
+}
+
+/// Fails like sled's own open would when another process holds the store, before the
+/// store is copied: a live store must be neither copied nor put back.
+fn ensure_unlocked(dir: &Path) -> Result<(), StorageError> {
+    let Ok(log) = std::fs::File::open(dir.join("db")) else {
+        return Ok(());
+    };
+    match log.try_lock() {
+        Ok(()) => Ok(()),
+        Err(e) => Err(locked(dir, e)),
+    }
+}
+
 fn open_error(dir: &Path, e: sled::Error) -> StorageError {
     let text = e.to_string();
     if text.contains("lock") || text.contains("WouldBlock") {
-        StorageError::Transient(format!(
-            "{} is locked by another process (is a previous silo still running?): {text}",
-            dir.display()
-        ))
+        locked(dir, text)
     } else {
         StorageError::Fatal(format!("cannot open database in {}: {text}", dir.display()))
     }
@@ -157,9 +208,10 @@ fn check_header(db: &sled::Db, marker: Marker) -> Result<(), StorageError> {
     }
 }
 
-fn read_count(db: &sled::Db) -> Result<u64, StorageError> {
+/// A silo-wide counter (`reminders`, `commits`); absent means zero.
+fn read_u64(db: &sled::Db, name: &str) -> Result<u64, StorageError> {
     let value = db
-        .get(keys::meta("reminders"))
+        .get(keys::meta(name))
         .map_err(|e| StorageError::Fatal(e.to_string()))?;
     Ok(value
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -172,6 +224,9 @@ struct Committer {
     count: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
     flush_seconds: Histogram,
+    /// Sequence number of the last group batch, written into every batch.
+    commits: u64,
+    watermark: Watermark,
 }
 
 /// Writes of the jobs of one group: a single sled batch (one `apply_batch` and one flush
@@ -223,7 +278,7 @@ impl Ops {
 }
 
 impl Committer {
-    fn run(self, rx: mpsc::Receiver<Job>) {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
             while jobs.len() < MAX_GROUP {
@@ -247,6 +302,10 @@ impl Committer {
                     .batch
                     .insert(keys::meta("reminders"), &count.to_be_bytes());
             }
+            self.commits += 1;
+            group
+                .batch
+                .insert(keys::meta("commits"), &self.commits.to_be_bytes());
             let started = Instant::now();
             let written = self
                 .db
@@ -254,7 +313,10 @@ impl Committer {
                 .and_then(|()| self.db.flush().map(|_| ()));
             self.flush_seconds.observe(started.elapsed().as_secs_f64());
             match &written {
-                Ok(()) => self.count.store(count, Ordering::Relaxed),
+                Ok(()) => {
+                    self.count.store(count, Ordering::Relaxed);
+                    self.watermark.record(self.commits);
+                }
                 Err(e) => {
                     if self.healthy.swap(false, Ordering::AcqRel) {
                         tracing::error!(error = %e, "storage write failed; the silo reports itself unhealthy and refuses calls until it restarts");
@@ -537,7 +599,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> SledStorage {
-        SledStorage::open(dir, Histogram::new([0.001])).unwrap()
+        SledStorage::open(dir, u64::MAX, Histogram::new([0.001])).unwrap()
     }
 
     fn grain(key: &str) -> GrainId {
@@ -604,13 +666,13 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let err = SledStorage::open(dir.path(), Histogram::new([0.1]))
+        let err = SledStorage::open(dir.path(), u64::MAX, Histogram::new([0.1]))
             .err()
             .unwrap();
         assert!(err.to_string().contains("did not write"), "{err}");
         // With a marker, the header inside is checked too.
         format::write(dir.path(), Marker::Ready).unwrap();
-        let err = SledStorage::open(dir.path(), Histogram::new([0.1]))
+        let err = SledStorage::open(dir.path(), u64::MAX, Histogram::new([0.1]))
             .err()
             .unwrap();
         assert!(err.to_string().contains("newer Granary"), "{err}");
@@ -624,7 +686,7 @@ mod tests {
             db.insert(b"someone else's", b"data").unwrap();
             db.flush().unwrap();
         }
-        let err = SledStorage::open(dir.path(), Histogram::new([0.1]))
+        let err = SledStorage::open(dir.path(), u64::MAX, Histogram::new([0.1]))
             .err()
             .unwrap();
         assert!(err.to_string().contains("did not write"), "{err}");

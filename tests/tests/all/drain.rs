@@ -23,10 +23,7 @@ fn now_ms() -> u64 {
 
 /// Reads committed state straight from the data directory of a stopped silo.
 fn committed(data: &Path, kind: &str, key: &str) -> serde_json::Value {
-    let storage = SledStorage::open(
-        &data.join("db"),
-        prometheus_client::metrics::histogram::Histogram::new([1.0]),
-    )
+    let storage = granary_tests::open_store(&data.join("db"))
     .unwrap();
     read(&storage, kind, key)
 }
@@ -125,10 +122,7 @@ async fn eviction_drill() {
     let stopped_ms = admission_stopped_ms(&silo.log_text());
     let mut runs_before = Vec::new();
     {
-        let storage = SledStorage::open(
-            &data_dir.join("db"),
-            prometheus_client::metrics::histogram::Histogram::new([1.0]),
-        )
+        let storage = granary_tests::open_store(&data_dir.join("db"))
         .unwrap();
         for i in 0..PROBES {
             let state = read(&storage, "probe", &format!("p{i}"));
@@ -325,10 +319,7 @@ async fn a_hanging_or_trapping_deactivate_does_not_stop_the_others() {
     silo.signal("TERM");
     let exit = silo.wait_exit(Duration::from_secs(20));
     assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", silo.log_text());
-    let storage = SledStorage::open(
-        &data_dir.join("db"),
-        prometheus_client::metrics::histogram::Histogram::new([1.0]),
-    )
+    let storage = granary_tests::open_store(&data_dir.join("db"))
     .unwrap();
     for i in 0..20 {
         assert_eq!(

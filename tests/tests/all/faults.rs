@@ -16,7 +16,6 @@ use granary::GrainId;
 use granary::reminders::{MissedPolicy, ReminderChange, ReminderRecord, Schedule, TickOutcome};
 use granary::storage::{OutboxEntry, SledStorage, StateChange, Storage, TurnCommit};
 use granary_tests::{ChildSilo, TestSilo, grains_dir, granary_bin, post, shared_cache_dir};
-use prometheus_client::metrics::histogram::Histogram;
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -178,7 +177,7 @@ const STATES: usize = 50;
 /// A data directory as a silo leaves it: committed state of `STATES` grains and a reminder.
 async fn data_dir_with_state(data_dir: &Path) {
     std::fs::create_dir_all(data_dir).unwrap();
-    let storage = SledStorage::open(&data_dir.join("db"), Histogram::new([1.0])).unwrap();
+    let storage = granary_tests::open_store(&data_dir.join("db")).unwrap();
     for i in 0..STATES {
         let mut commit = TurnCommit::new(GrainId::parse("counter", &format!("c{i}")).unwrap());
         commit.state = Some(StateChange::Write(
@@ -414,10 +413,9 @@ async fn a_store_with_a_destroyed_log_is_refused() {
 }
 
 /// A damaged store must be left as it was found, for an operator (or a recovery tool) to
-/// inspect: today sled rewrites the damaged log when it opens it, before the silo finds the
-/// header record missing and refuses.
+/// inspect: sled rewrites a damaged log when it opens it, so the silo copies the store
+/// before sled opens it and puts the copy back when it refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "host bug: refusing a store with a damaged log rewrites the log (sled::open recovers it before the header check)"]
 async fn refusing_a_damaged_store_leaves_it_untouched() {
     for how in ["garbage", "truncated", "flipped"] {
         let dir = tempfile::tempdir().unwrap();
@@ -430,17 +428,16 @@ async fn refusing_a_damaged_store_leaves_it_untouched() {
 }
 
 /// Damage in the middle of the log: sled keeps the records before it and drops the rest
-/// without an error (30 of 51 records in a direct experiment); the header record survives,
-/// so the silo serves a store that silently lost the grains written last.
+/// without an error (30 of 51 records in a direct experiment); the header record survives.
+/// The commit watermark shows that flushed commits are missing, so the store is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "host bug: a log damaged midway opens with only the records before the damage, and the silo serves it (silent partial loss)"]
 async fn a_store_with_a_log_damaged_midway_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     data_dir_with_state(&data).await;
     damage_log(&data.join("db"), "flipped");
-    let log = serve_must_refuse(&data);
-    assert_names_dir_and_reason(&log, &data, &["damaged", "corrupt"]);
+    let log = assert_refused_byte_identical(&data, &["had been flushed"]);
+    assert!(log.contains("backup"), "no advice:\n{log}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1061,7 +1058,7 @@ async fn golden_store_layout() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     {
-        let storage = SledStorage::open(&db, Histogram::new([1.0])).unwrap();
+        let storage = granary_tests::open_store(&db).unwrap();
         let alice = GrainId::parse("ledger", "alice").unwrap();
         let mut commit = TurnCommit::new(alice.clone());
         commit.state = Some(StateChange::Write(br#"{"balance":70}"#.to_vec()));

@@ -770,10 +770,7 @@ async fn bad_pointers_in_canonical_abi_calls() {
     }
     // A trapped turn commits nothing: the grain has no state.
     drop(silo);
-    let storage = granary::storage::SledStorage::open(
-        &data.path().join("data/db"),
-        prometheus_client::metrics::histogram::Histogram::new([1.0]),
-    )
+    let storage = granary_tests::open_store(&data.path().join("data/db"))
     .unwrap();
     use granary::storage::Storage;
     assert!(
