@@ -20,6 +20,7 @@ use crate::grain_id::GrainId;
 use crate::message::{CallChain, CallError};
 use crate::reminders::{MissedPolicy, ReminderRecord, Schedule};
 use crate::silo::Silo;
+use crate::storage::Health;
 
 /// Seconds a refused client should wait before retrying (503 responses).
 const RETRY_AFTER_SECS: &str = "1";
@@ -156,20 +157,27 @@ fn error_response(e: &CallError) -> Response {
     response
 }
 
-/// Fails once storage failed: sled's I/O errors are sticky and only a restart recovers.
+/// Fails once a storage write failed for a reason other than a full disk: sled's I/O
+/// errors are sticky and only a restart recovers. A full disk only drops readiness: the
+/// silo reopens its store by itself once space returns, and a restart would not help.
 async fn healthz(State(silo): State<Arc<Silo>>) -> Response {
-    if silo.storage.is_healthy() {
-        "ok".into_response()
-    } else {
-        let body =
-            json!({ "error": "storage", "message": "a storage write failed; restart the silo" });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    match silo.storage.health() {
+        Health::Healthy | Health::Stalled => "ok".into_response(),
+        Health::Failed => {
+            let body = json!({ "error": "storage", "message": "a storage write failed; restart the silo" });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 
 async fn readyz(State(silo): State<Arc<Silo>>) -> Response {
     let state = silo.lifecycle.state();
-    let status = if silo.lifecycle.is_ready() && silo.storage.is_healthy() {
+    let storage = silo.storage.health();
+    if storage == Health::Stalled {
+        let body = json!({ "state": state, "storage": "full: waiting for space to reopen" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    let status = if silo.lifecycle.is_ready() && storage == Health::Healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

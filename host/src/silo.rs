@@ -19,7 +19,9 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::reminders::ReminderService;
 use crate::runtime::{KindError, Kinds, Runtime};
-use crate::storage::{DueReminder, MessageId, OutboxEntry, SledStorage, Storage, StorageError};
+use crate::storage::{
+    DueReminder, Health, MessageId, OutboxEntry, SledStorage, Storage, StorageError,
+};
 
 pub struct Silo {
     /// Names the silo in logs and metrics: `POD_NAME` under Kubernetes.
@@ -178,7 +180,7 @@ impl Silo {
         if payload.len() > cap {
             return Err(CallError::TooLarge(cap as u64));
         }
-        if !self.storage.is_healthy() {
+        if self.storage.health() != Health::Healthy {
             return Err(CallError::Overloaded);
         }
         if chain.contains(target) {

@@ -102,6 +102,17 @@ pub enum StorageError {
     Fatal(String),
 }
 
+/// Whether the store takes writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// A write failed for lack of space: calls are refused until the store reopens itself,
+    /// which it does once space returns.
+    Stalled,
+    /// A write failed otherwise. sled's I/O errors are sticky, so only a restart recovers.
+    Failed,
+}
+
 /// Resolves when a commit is durable (or has failed).
 pub struct Durable(oneshot::Receiver<Result<(), StorageError>>);
 
@@ -152,9 +163,9 @@ pub trait Storage: Send + Sync + 'static {
     fn drop_stale_index(&self, due: &DueReminder) -> Durable;
     /// Reminders stored in all.
     fn reminder_count(&self) -> u64;
-    /// False once a write failed: sled's I/O errors are sticky, so the process must restart
-    /// (liveness fails) and nothing may be served from a store holding refused writes.
-    fn is_healthy(&self) -> bool;
+    /// Not `Healthy` once a write failed: nothing may be served from a store holding
+    /// refused writes until it is reopened (after a full disk) or the silo restarts.
+    fn health(&self) -> Health;
     /// Blocks until everything committed so far is durable.
     fn flush(&self) -> Result<(), StorageError>;
 }

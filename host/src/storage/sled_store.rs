@@ -6,10 +6,12 @@
 //! sled only fsyncs on its own timer, so nothing is acknowledged before `flush` returns.
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, mpsc};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -17,14 +19,16 @@ use super::format::{self, FORMAT_VERSION, Marker};
 use super::open_copy::OpenCopy;
 use super::watermark::{self, Watermark};
 use super::{
-    DueReminder, Durable, MessageId, OutboxEntry, StateChange, Storage, StorageError, TurnCommit,
-    keys,
+    DueReminder, Durable, Health, MessageId, OutboxEntry, StateChange, Storage, StorageError,
+    TurnCommit, keys,
 };
 use crate::grain_id::GrainId;
 use crate::reminders::{ReminderAdvance, ReminderChange, ReminderRecord};
 
 /// Most batches folded into one flush, so a flood of commits still gets regular acks.
 const MAX_GROUP: usize = 4096;
+/// How often a store stalled by a full disk tries to reopen.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the committer thread turns into one atomic batch. Batches are built there, the
 /// only writer, so read-modify-write changes (reminder replacement, conditional advance,
@@ -41,16 +45,61 @@ struct Job {
     done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
 }
 
+/// The open database. The committer closes and reopens it after a full disk; readers see
+/// "unavailable" meanwhile.
+#[derive(Clone)]
+struct Handle(Arc<RwLock<Option<sled::Db>>>);
+
+impl Handle {
+    fn get(&self) -> Result<sled::Db, StorageError> {
+        let db = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        db.ok_or_else(|| StorageError::Transient("storage is closed while it reopens".into()))
+    }
+
+    fn replace(&self, db: Option<sled::Db>) -> Option<sled::Db> {
+        let mut slot = self.0.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut slot, db)
+    }
+}
+
 pub struct SledStorage {
-    db: sled::Db,
+    db: Handle,
     /// Feeds the committer thread; `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
     /// Joined on drop, so the database is closed (its lock released) when the storage is.
     committer: Option<std::thread::JoinHandle<()>>,
     /// Stored reminders; written by the committer, persisted with each batch changing it.
     reminder_count: Arc<AtomicU64>,
-    /// Cleared by the committer when a write fails.
-    healthy: Arc<AtomicBool>,
+    /// Set by the committer when a write fails and when the store reopens.
+    health: HealthCell,
+}
+
+/// [`Health`] shared between the committer and readers.
+#[derive(Clone, Default)]
+struct HealthCell(Arc<AtomicU8>);
+
+impl HealthCell {
+    fn get(&self) -> Health {
+        match self.0.load(Ordering::Acquire) {
+            0 => Health::Healthy,
+            1 => Health::Stalled,
+            _ => Health::Failed,
+        }
+    }
+
+    /// Sets `health`; returns what it was.
+    fn set(&self, health: Health) -> Health {
+        let code = match health {
+            Health::Healthy => 0,
+            Health::Stalled => 1,
+            Health::Failed => 2,
+        };
+        match self.0.swap(code, Ordering::AcqRel) {
+            0 => Health::Healthy,
+            1 => Health::Stalled,
+            _ => Health::Failed,
+        }
+    }
 }
 
 impl Drop for SledStorage {
@@ -98,11 +147,15 @@ impl SledStorage {
         let count = read_u64(&db, "reminders")?;
         let reminder_count = Arc::new(AtomicU64::new(count));
         let (jobs, rx) = mpsc::channel();
-        let healthy = Arc::new(AtomicBool::new(true));
+        let health = HealthCell::default();
+        let handle = Handle(Arc::new(RwLock::new(Some(db.clone()))));
         let committer = Committer {
-            db: db.clone(),
+            dir: dir.to_owned(),
+            db: Some(db),
+            handle: handle.clone(),
+            stalled: false,
             count: reminder_count.clone(),
-            healthy: healthy.clone(),
+            health: health.clone(),
             flush_seconds,
             commits,
             watermark: Watermark::create(dir)?,
@@ -112,11 +165,11 @@ impl SledStorage {
             .spawn(move || committer.run(rx))
             .map_err(|e| StorageError::Fatal(format!("starting the commit thread: {e}")))?;
         Ok(Self {
-            db,
+            db: handle,
             jobs: Some(jobs),
             committer: Some(committer),
             reminder_count,
-            healthy,
+            health,
         })
     }
 
@@ -220,9 +273,15 @@ fn read_u64(db: &sled::Db, name: &str) -> Result<u64, StorageError> {
 }
 
 struct Committer {
-    db: sled::Db,
+    dir: PathBuf,
+    /// `None` only while a reopen after a full disk has not succeeded yet.
+    db: Option<sled::Db>,
+    /// Shared with readers, so a reopen can close every handle of the old database.
+    handle: Handle,
+    /// A write failed for lack of space: the committer reopens the store once it can.
+    stalled: bool,
     count: Arc<AtomicU64>,
-    healthy: Arc<AtomicBool>,
+    health: HealthCell,
     flush_seconds: Histogram,
     /// Sequence number of the last group batch, written into every batch.
     commits: u64,
@@ -279,7 +338,23 @@ impl Ops {
 
 impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if self.stalled {
+                match rx.recv_timeout(REOPEN_INTERVAL) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => break,
+                }
+            };
+            if self.stalled {
+                self.reopen();
+            }
+            let Some(first) = first else { continue };
             let mut jobs = vec![first];
             while jobs.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -287,52 +362,118 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let mut group = Group {
-                batch: sled::Batch::default(),
-                reminders: HashMap::new(),
-                count: self.count.load(Ordering::Relaxed),
-            };
-            let built: Vec<Result<(), StorageError>> = jobs
-                .iter_mut()
-                .map(|job| self.build(&mut group, &mut job.work))
-                .collect();
-            let count = group.count;
-            if count != self.count.load(Ordering::Relaxed) {
-                group
-                    .batch
-                    .insert(keys::meta("reminders"), &count.to_be_bytes());
+            self.write_group(jobs);
+        }
+        if let Some(db) = &self.db {
+            let _ = db.flush();
+        }
+    }
+
+    fn db(&self) -> &sled::Db {
+        self.db
+            .as_ref()
+            .expect("the database is open while groups are written")
+    }
+
+    /// Builds the jobs into one batch, applies and flushes it, and answers every job.
+    fn write_group(&mut self, mut jobs: Vec<Job>) {
+        if self.db.is_none() || self.health.get() != Health::Healthy {
+            for job in jobs {
+                let _ = job.done.send(Err(StorageError::Transient(
+                    "storage is unavailable after a failed write".into(),
+                )));
             }
-            self.commits += 1;
+            return;
+        }
+        let mut group = Group {
+            batch: sled::Batch::default(),
+            reminders: HashMap::new(),
+            count: self.count.load(Ordering::Relaxed),
+        };
+        let built: Vec<Result<(), StorageError>> = jobs
+            .iter_mut()
+            .map(|job| self.build(&mut group, &mut job.work))
+            .collect();
+        let count = group.count;
+        if count != self.count.load(Ordering::Relaxed) {
             group
                 .batch
-                .insert(keys::meta("commits"), &self.commits.to_be_bytes());
-            let started = Instant::now();
-            let written = self
-                .db
-                .apply_batch(group.batch)
-                .and_then(|()| self.db.flush().map(|_| ()));
-            self.flush_seconds.observe(started.elapsed().as_secs_f64());
-            match &written {
-                Ok(()) => {
-                    self.count.store(count, Ordering::Relaxed);
-                    self.watermark.record(self.commits);
-                }
-                Err(e) => {
-                    if self.healthy.swap(false, Ordering::AcqRel) {
-                        tracing::error!(error = %e, "storage write failed; the silo reports itself unhealthy and refuses calls until it restarts");
-                    }
-                }
-            }
-            for (job, built) in jobs.into_iter().zip(built) {
-                let result = match (built, &written) {
-                    (Ok(()), Ok(())) => Ok(()),
-                    (Err(e), _) => Err(e),
-                    (_, Err(e)) => Err(transient(e)),
-                };
-                let _ = job.done.send(result);
-            }
+                .insert(keys::meta("reminders"), &count.to_be_bytes());
         }
-        let _ = self.db.flush();
+        self.commits += 1;
+        group
+            .batch
+            .insert(keys::meta("commits"), &self.commits.to_be_bytes());
+        let started = Instant::now();
+        let db = self.db();
+        let written = db
+            .apply_batch(group.batch)
+            .and_then(|()| db.flush().map(|_| ()));
+        self.flush_seconds.observe(started.elapsed().as_secs_f64());
+        match &written {
+            Ok(()) => {
+                self.count.store(count, Ordering::Relaxed);
+                self.watermark.record(self.commits);
+            }
+            Err(e) => self.failed(e),
+        }
+        for (job, built) in jobs.into_iter().zip(built) {
+            let result = match (built, &written) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(e), _) => Err(e),
+                (_, Err(e)) => Err(transient(e)),
+            };
+            let _ = job.done.send(result);
+        }
+    }
+
+    /// sled's I/O errors are sticky and a refused write stays in its in-memory tree, so the
+    /// store stops serving. A full disk is worth waiting out: the committer reopens the
+    /// store (as a restart would) once space returns. Any other I/O error needs a restart.
+    fn failed(&mut self, e: &sled::Error) {
+        self.stalled = out_of_space(e);
+        let health = if self.stalled {
+            Health::Stalled
+        } else {
+            Health::Failed
+        };
+        if self.health.set(health) != Health::Healthy {
+            return;
+        }
+        if self.stalled {
+            tracing::error!(error = %e, "storage write failed: the disk is full; the silo reports itself unhealthy, refuses calls and reopens the store once space returns");
+        } else {
+            tracing::error!(error = %e, "storage write failed; the silo reports itself unhealthy and refuses calls until it restarts");
+        }
+    }
+
+    /// Closes every handle of the database and opens it again, with the same checks as a
+    /// start; on success the store serves again.
+    fn reopen(&mut self) {
+        drop(self.handle.replace(None));
+        // Dropping the last handle flushes and closes sled; with the disk still full the
+        // flush fails and the refused writes are gone, as they would be after a restart.
+        drop(self.db.take());
+        match open_checked(&self.dir, Marker::Ready).and_then(|(db, commits)| {
+            // sled may open on a disk that is still full: only a flushed write shows that
+            // space returned (rewriting the sequence it holds changes nothing).
+            db.insert(keys::meta("commits"), &commits.to_be_bytes())
+                .and_then(|_| db.flush())
+                .map_err(transient)?;
+            let count = read_u64(&db, "reminders")?;
+            Ok((db, commits, count))
+        }) {
+            Ok((db, commits, count)) => {
+                self.commits = commits;
+                self.count.store(count, Ordering::Relaxed);
+                self.handle.replace(Some(db.clone()));
+                self.db = Some(db);
+                self.stalled = false;
+                self.health.set(Health::Healthy);
+                tracing::info!("storage reopened after a full disk; the silo serves again");
+            }
+            Err(e) => tracing::debug!(error = %e, "storage not reopened yet"),
+        }
     }
 
     /// Adds one job's writes to the group, or nothing if building them fails.
@@ -381,7 +522,7 @@ impl Committer {
         }
         for entry in &commit.sends {
             // generate_id is monotonic across restarts, so ids never repeat.
-            let id = self.db.generate_id().map_err(transient)?;
+            let id = self.db().generate_id().map_err(transient)?;
             ops.insert(keys::outbox(id), encode(entry)?);
         }
         if let Some(id) = commit.delivered {
@@ -464,8 +605,12 @@ impl Committer {
         if let Some(record) = group.reminders.get(&key) {
             return Ok(record.clone());
         }
-        load_reminder(&self.db, grain, name)
+        load_reminder(self.db(), grain, name)
     }
+}
+
+fn out_of_space(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded))
 }
 
 fn load_reminder(
@@ -493,7 +638,7 @@ fn transient(e: impl std::fmt::Display) -> StorageError {
 
 impl Storage for SledStorage {
     fn load_state(&self, grain: &GrainId) -> Result<Option<Vec<u8>>, StorageError> {
-        let value = self.db.get(keys::state(grain)).map_err(transient)?;
+        let value = self.db.get()?.get(keys::state(grain)).map_err(transient)?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -503,6 +648,7 @@ impl Storage for SledStorage {
 
     fn was_delivered(&self, receiver: &GrainId, id: MessageId) -> Result<bool, StorageError> {
         self.db
+            .get()?
             .contains_key(keys::delivered(receiver, id))
             .map_err(transient)
     }
@@ -517,7 +663,7 @@ impl Storage for SledStorage {
             None => keys::outbox_prefix(),
         };
         let mut out = Vec::new();
-        for item in self.db.range(start..).take(limit) {
+        for item in self.db.get()?.range(start..).take(limit) {
             let (key, value) = item.map_err(transient)?;
             if !key.starts_with(&keys::outbox_prefix()) {
                 break;
@@ -531,7 +677,10 @@ impl Storage for SledStorage {
     }
 
     fn is_pending(&self, id: MessageId) -> Result<bool, StorageError> {
-        self.db.contains_key(keys::outbox(id)).map_err(transient)
+        self.db
+            .get()?
+            .contains_key(keys::outbox(id))
+            .map_err(transient)
     }
 
     fn ack_send(&self, id: MessageId, receiver: &GrainId) -> Durable {
@@ -543,11 +692,12 @@ impl Storage for SledStorage {
         grain: &GrainId,
         name: &str,
     ) -> Result<Option<ReminderRecord>, StorageError> {
-        load_reminder(&self.db, grain, name)
+        load_reminder(&self.db.get()?, grain, name)
     }
 
     fn reminders_of(&self, grain: &GrainId) -> Result<Vec<ReminderRecord>, StorageError> {
         self.db
+            .get()?
             .scan_prefix(keys::reminders_of(grain))
             .map(|item| decode(&item.map_err(transient)?.1))
             .collect()
@@ -555,7 +705,7 @@ impl Storage for SledStorage {
 
     fn due_reminders(&self, until_ms: u64, limit: usize) -> Result<Vec<DueReminder>, StorageError> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(keys::reminder_index_prefix()) {
+        for item in self.db.get()?.scan_prefix(keys::reminder_index_prefix()) {
             let (key, _) = item.map_err(transient)?;
             let Some((due_ms, grain, name)) = keys::parse_reminder_index(&key) else {
                 tracing::warn!(key = ?key, "skipping a malformed reminder index entry");
@@ -585,12 +735,12 @@ impl Storage for SledStorage {
         self.reminder_count.load(Ordering::Relaxed)
     }
 
-    fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+    fn health(&self) -> Health {
+        self.health.get()
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush().map(|_| ()).map_err(transient)
+        self.db.get()?.flush().map(|_| ()).map_err(transient)
     }
 }
 
@@ -676,6 +826,15 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("newer Granary"), "{err}");
+    }
+
+    #[test]
+    fn only_a_full_disk_is_waited_out() {
+        let io = |kind| sled::Error::Io(std::io::Error::from(kind));
+        assert!(out_of_space(&io(ErrorKind::StorageFull)));
+        assert!(out_of_space(&io(ErrorKind::QuotaExceeded)));
+        assert!(!out_of_space(&io(ErrorKind::Other)));
+        assert!(!out_of_space(&sled::Error::Unsupported("x".into())));
     }
 
     #[test]

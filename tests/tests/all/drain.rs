@@ -23,8 +23,7 @@ fn now_ms() -> u64 {
 
 /// Reads committed state straight from the data directory of a stopped silo.
 fn committed(data: &Path, kind: &str, key: &str) -> serde_json::Value {
-    let storage = granary_tests::open_store(&data.join("db"))
-    .unwrap();
+    let storage = granary_tests::open_store(&data.join("db")).unwrap();
     read(&storage, kind, key)
 }
 
@@ -122,8 +121,7 @@ async fn eviction_drill() {
     let stopped_ms = admission_stopped_ms(&silo.log_text());
     let mut runs_before = Vec::new();
     {
-        let storage = granary_tests::open_store(&data_dir.join("db"))
-        .unwrap();
+        let storage = granary_tests::open_store(&data_dir.join("db")).unwrap();
         for i in 0..PROBES {
             let state = read(&storage, "probe", &format!("p{i}"));
             assert_eq!(state["value"], i as u64, "acknowledged write lost: {state}");
@@ -319,8 +317,7 @@ async fn a_hanging_or_trapping_deactivate_does_not_stop_the_others() {
     silo.signal("TERM");
     let exit = silo.wait_exit(Duration::from_secs(20));
     assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", silo.log_text());
-    let storage = granary_tests::open_store(&data_dir.join("db"))
-    .unwrap();
+    let storage = granary_tests::open_store(&data_dir.join("db")).unwrap();
     for i in 0..20 {
         assert_eq!(
             read(&storage, "probe", &format!("fine{i}"))["deactivations"],

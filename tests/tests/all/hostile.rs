@@ -770,8 +770,7 @@ async fn bad_pointers_in_canonical_abi_calls() {
     }
     // A trapped turn commits nothing: the grain has no state.
     drop(silo);
-    let storage = granary_tests::open_store(&data.path().join("data/db"))
-    .unwrap();
+    let storage = granary_tests::open_store(&data.path().join("data/db")).unwrap();
     use granary::storage::Storage;
     assert!(
         storage
