@@ -86,7 +86,8 @@ async fn corrupt_compile_cache_entries_are_recompiled() {
     assert_eq!(
         post(&http, &silo.base, "counter/c", "increment", "1").await,
         (200, "8".into()),
-        "state lost or kind not loaded after a corrupt cache"
+        "state lost or kind not loaded after a corrupt cache; log:\n{}",
+        silo.log_text()
     );
     assert_eq!(
         post(&http, &silo.base, "ledger/l", "deposit", "5").await,
