@@ -104,13 +104,14 @@ pub enum StorageError {
 
 /// Whether the store takes writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Health {
-    Healthy,
+    Healthy = 0,
     /// A write failed for lack of space: calls are refused until the store reopens itself,
     /// which it does once space returns.
-    Stalled,
+    Stalled = 1,
     /// A write failed otherwise. sled's I/O errors are sticky, so only a restart recovers.
-    Failed,
+    Failed = 2,
 }
 
 /// Resolves when a commit is durable (or has failed).

@@ -80,25 +80,20 @@ struct HealthCell(Arc<AtomicU8>);
 
 impl HealthCell {
     fn get(&self) -> Health {
-        match self.0.load(Ordering::Acquire) {
-            0 => Health::Healthy,
-            1 => Health::Stalled,
-            _ => Health::Failed,
-        }
+        decode_health(self.0.load(Ordering::Acquire))
     }
 
     /// Sets `health`; returns what it was.
     fn set(&self, health: Health) -> Health {
-        let code = match health {
-            Health::Healthy => 0,
-            Health::Stalled => 1,
-            Health::Failed => 2,
-        };
-        match self.0.swap(code, Ordering::AcqRel) {
-            0 => Health::Healthy,
-            1 => Health::Stalled,
-            _ => Health::Failed,
-        }
+        decode_health(self.0.swap(health as u8, Ordering::AcqRel))
+    }
+}
+
+fn decode_health(code: u8) -> Health {
+    match code {
+        0 => Health::Healthy,
+        1 => Health::Stalled,
+        _ => Health::Failed,
     }
 }
 
