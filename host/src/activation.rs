@@ -22,7 +22,7 @@ use crate::runtime::bindings::Grain;
 use crate::runtime::bindings::types::{DeactivationReason as WitReason, ReminderTick as WitTick};
 use crate::runtime::host::now_ms;
 use crate::runtime::limits::MemoryLimitExceeded;
-use crate::runtime::{GrainHost, GrainKind, Turn};
+use crate::runtime::{GrainHost, GrainKind, Turn, out_of_memory};
 use crate::silo::Silo;
 use crate::storage::{DueReminder, MessageId, TurnCommit};
 
@@ -601,6 +601,10 @@ impl Activation {
             .is_some()
         {
             tracing::warn!(grain = %self.info.id, error = %e, "instance pool exhausted");
+            return CallError::Overloaded;
+        }
+        if out_of_memory(&e) {
+            tracing::error!(grain = %self.info.id, error = %e, "instantiation failed: the process is out of memory or memory mappings (was vm.max_map_count lowered after start-up?)");
             return CallError::Overloaded;
         }
         let incident = incident_id();

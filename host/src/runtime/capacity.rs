@@ -59,9 +59,28 @@ impl Capacity {
     }
 }
 
+/// Whether `e` is the kernel refusing memory (ENOMEM): out of memory, or out of mappings
+/// because `vm.max_map_count` was lowered below what the silo planned at start-up. A
+/// resource error, not a fault of the grain or its component.
+pub fn out_of_memory(e: &wasmtime::Error) -> bool {
+    // wasmtime reports mmap failures as rustix errors; their text is the OS error's.
+    e.chain()
+        .any(|cause| cause.to_string().contains("(os error 12)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enomem_is_recognised_through_context() {
+        let enomem = wasmtime::Error::new(std::io::Error::from_raw_os_error(12))
+            .context("mmap failed to allocate 0x94000 bytes");
+        assert!(out_of_memory(&enomem));
+        let other = wasmtime::Error::new(std::io::Error::from_raw_os_error(22)).context("mmap");
+        assert!(!out_of_memory(&other));
+        assert!(!out_of_memory(&wasmtime::Error::msg("trap: unreachable")));
+    }
 
     #[test]
     fn default_map_count_lowers_the_limit_and_stays_under_it() {

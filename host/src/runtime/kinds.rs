@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::bindings::GrainPre;
 use super::cache::CompileCache;
-use super::{GrainHost, Runtime};
+use super::{GrainHost, Runtime, out_of_memory};
 use crate::grain_id::validate_kind;
 
 /// One loaded version of a kind.
@@ -113,7 +113,15 @@ impl Kinds {
         let (component, cached) = self
             .cache
             .load_or_compile(&runtime.engine, wasm, &version)
-            .map_err(|e| fail(format!("not a valid component: {e:#}")))?;
+            .map_err(|e| {
+                if out_of_memory(&e) {
+                    fail(format!(
+                        "compiling it ran out of memory or memory mappings: {e:#}"
+                    ))
+                } else {
+                    fail(format!("not a valid component: {e:#}"))
+                }
+            })?;
         check_world_version(&runtime.engine, &component).map_err(&fail)?;
         let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|e| {
             fail(format!(

@@ -20,7 +20,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use capacity::Capacity;
+pub use capacity::{Capacity, out_of_memory};
 pub use host::{GrainHost, Turn};
 pub use kinds::{GrainKind, KindError, Kinds};
 
