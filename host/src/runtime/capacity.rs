@@ -6,8 +6,9 @@
 //! evicts least-recently-used activations instead of failing.
 
 /// Mappings one live activation adds: its linear memory slot splits the pool's reservation
-/// and maps the copy-on-write image (measured: 4.0 per activation, 2026-11-23).
-pub const MAPPINGS_PER_ACTIVATION: u64 = 4;
+/// into an accessible and an inaccessible part (measured: 2.00 per activation, 2026-11-23).
+/// Copy-on-write memory images would map the image over each slot too: 4.00.
+pub const MAPPINGS_PER_ACTIVATION: u64 = 2;
 /// Mappings each instance slot costs from start-up: its fiber stack and guard page (a
 /// `Store` keeps its stack between calls, so there is one per slot).
 pub const MAPPINGS_PER_SLOT: u64 = 2;
