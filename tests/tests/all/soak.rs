@@ -183,6 +183,18 @@ fn incidents_in_log(log: &std::path::Path, answers: &[String]) -> String {
             out.push("…");
         }
     }
+    // Answers without an incident (503s): the warnings and errors say why.
+    let problems: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    out.push("last warnings and errors:");
+    out.extend(
+        problems[problems.len().saturating_sub(40)..]
+            .iter()
+            .copied(),
+    );
     out.join("\n")
 }
 
