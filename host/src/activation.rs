@@ -146,6 +146,8 @@ impl Activation {
 
     async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
         let idle = self.silo.config.idle_timeout();
+        // Held for the life of the task, so turns borrow it instead of cloning the Arc.
+        let silo = self.silo.clone();
         let info = self.info.clone();
         // Pinned once: a fresh `cancelled()` per iteration would register and unregister
         // a waiter on every turn.
@@ -159,6 +161,16 @@ impl Activation {
         let reason = loop {
             // None once admission stopped; a tick already armed then runs no turn.
             let timer_due = self.next_timer();
+            // A tick already due runs without a trip through the timer wheel (the branch
+            // order of the select below, deactivation first, still holds).
+            if let Some(due) = timer_due
+                && due <= Instant::now()
+                && !info.deactivate.is_cancelled()
+            {
+                self.timer_turn(&silo).await;
+                last_turn = Instant::now();
+                continue;
+            }
             if let Some(due) = timer_due
                 && tick_timer.deadline() != due.into()
             {
@@ -168,12 +180,12 @@ impl Activation {
                 biased;
                 _ = &mut deactivate => break info.reason(),
                 _ = &mut tick_timer, if timer_due.is_some() => {
-                    self.timer_turn().await;
+                    self.timer_turn(&silo).await;
                     last_turn = Instant::now();
                 }
                 message = mailbox.recv() => match message {
                     Some(message) => {
-                        self.turn(message).await;
+                        self.turn(&silo, message).await;
                         last_turn = Instant::now();
                     }
                     // The catalog holds a sender while the activation is registered.
@@ -194,7 +206,7 @@ impl Activation {
         // No new messages from here on; those already queued still get their turn.
         mailbox.close();
         while let Some(message) = mailbox.recv().await {
-            self.turn(message).await;
+            self.turn(&silo, message).await;
         }
         self.deactivate(reason).await;
         self.silo.catalog.remove(&self.info);
@@ -210,11 +222,10 @@ impl Activation {
         self.live.as_ref()?.store.data().timers.next_due()
     }
 
-    async fn timer_turn(&mut self) {
-        if !self.silo.lifecycle.is_admitting() {
+    async fn timer_turn(&mut self, silo: &Silo) {
+        if !silo.lifecycle.is_admitting() {
             return;
         }
-        let silo = self.silo.clone();
         let _running = silo.lifecycle.turn_started();
         let Some(live) = self.live.as_mut() else {
             return;
@@ -246,8 +257,7 @@ impl Activation {
         }
     }
 
-    async fn turn(&mut self, message: Message) {
-        let silo = self.silo.clone();
+    async fn turn(&mut self, silo: &Silo, message: Message) {
         let _running = silo.lifecycle.turn_started();
         match message {
             Message::Call(call) => {
@@ -262,7 +272,7 @@ impl Activation {
                 let started = Instant::now();
                 let span = turn_span(&self.info.id, &method);
                 let result = self
-                    .call_turn(&method, &payload, chain, deadline, delivery)
+                    .call_turn(silo, &method, &payload, chain, deadline, delivery)
                     .instrument(span.clone())
                     .await;
                 record_turn(&span, started, &result);
@@ -274,7 +284,7 @@ impl Activation {
                 let result = if Instant::now() >= tick.deadline {
                     Err(CallError::Deadline)
                 } else {
-                    self.reminder_turn(&tick.due, tick.attempt)
+                    self.reminder_turn(silo, &tick.due, tick.attempt)
                         .instrument(span.clone())
                         .await
                 };
@@ -287,14 +297,16 @@ impl Activation {
 
     async fn call_turn(
         &mut self,
+        silo: &Silo,
         method: &str,
         payload: &[u8],
         chain: CallChain,
         deadline: Instant,
         delivery: Option<MessageId>,
     ) -> Result<Vec<u8>, CallError> {
-        let deadline = deadline.min(Instant::now() + self.turn_timeout);
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        let deadline = deadline.min(now + self.turn_timeout);
+        if now >= deadline {
             return Err(CallError::Deadline);
         }
         if let Some(id) = delivery {
@@ -305,7 +317,6 @@ impl Activation {
             }
             tracing::debug!(grain = %self.info.id, id, method, "delivery");
         }
-        let silo = self.silo.clone();
         let live = self.live().await?;
         begin_turn(&mut live.store, chain, deadline);
         let outcome = guest(
@@ -466,7 +477,12 @@ impl Activation {
     /// Runs one reminder tick. Errors returned here are about reaching the grain
     /// (retried by the reminder service); what the grain does with the tick, including
     /// failing or trapping, is recorded in the reminder and answered `Ok`.
-    async fn reminder_turn(&mut self, due: &DueReminder, attempt: u32) -> Result<(), CallError> {
+    async fn reminder_turn(
+        &mut self,
+        silo: &Silo,
+        due: &DueReminder,
+        attempt: u32,
+    ) -> Result<(), CallError> {
         let record = self
             .silo
             .storage
@@ -496,7 +512,6 @@ impl Activation {
         self.silo
             .metrics
             .observe_reminder_lag(now.saturating_sub(firing.scheduled_ms));
-        let silo = self.silo.clone();
         let live = self.live().await?;
         begin_turn(&mut live.store, CallChain::default(), deadline);
         let tick = WitTick {
