@@ -268,7 +268,7 @@ impl Activation {
                     deadline,
                     delivery,
                     reply,
-                } = call;
+                } = *call;
                 let started = Instant::now();
                 let span = turn_span(&self.info.id, &method);
                 let result = self
@@ -350,7 +350,9 @@ impl Activation {
     /// The live instance, activating one (instantiate, load state, `activate`) if needed.
     async fn live(&mut self) -> Result<&mut Live, CallError> {
         if self.live.is_none() {
-            let live = self.activate().await?;
+            // Boxed: instantiation is the largest future of a turn and runs once, so it
+            // should not size the task every idle activation keeps.
+            let live = Box::pin(self.activate()).await?;
             self.live = Some(live);
         }
         // Set just above when it was empty.

@@ -9,11 +9,12 @@ use tokio::sync::oneshot;
 use crate::grain_id::GrainId;
 use crate::storage::{DueReminder, MessageId};
 
-/// One unit of work for an activation; each is one turn.
+/// One unit of work for an activation; each is one turn. Boxed, because a mailbox
+/// allocates room for 32 messages up front and most activations hold one at a time.
 pub enum Message {
-    Call(Call),
+    Call(Box<Call>),
     /// A durable reminder is due; the reply comes once the tick's turn committed.
-    Reminder(ReminderDue),
+    Reminder(Box<ReminderDue>),
 }
 
 /// A reminder tick to run.
