@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wasmtime::{Store, UpdateDeadline};
 
+use crate::drain::Lifecycle;
 use crate::grain_id::GrainId;
 use crate::message::{Call, CallChain, CallError, Message};
 use crate::reminders::{self, ReminderAdvance, ReminderChange, TickOutcome};
@@ -144,14 +146,31 @@ impl Activation {
 
     async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
         let idle = self.silo.config.idle_timeout();
+        // Held for the life of the task, so turns borrow it instead of cloning the Arc.
+        let silo = self.silo.clone();
+        let info = self.info.clone();
+        // Pinned once: a fresh `cancelled()` per iteration would register and unregister
+        // a waiter on every turn.
+        let deactivate = info.deactivate.cancelled();
         // Two timers for the life of the activation, moved rather than recreated: the idle
         // timer is only re-armed when it fires early (a turn ran since it was set).
         let idle_timer = tokio::time::sleep(idle);
         let tick_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(idle_timer, tick_timer);
+        tokio::pin!(deactivate, idle_timer, tick_timer);
         let mut last_turn = Instant::now();
         let reason = loop {
+            // None once admission stopped; a tick already armed then runs no turn.
             let timer_due = self.next_timer();
+            // A tick already due runs without a trip through the timer wheel (the branch
+            // order of the select below, deactivation first, still holds).
+            if let Some(due) = timer_due
+                && due <= Instant::now()
+                && !info.deactivate.is_cancelled()
+            {
+                self.timer_turn(&silo).await;
+                last_turn = Instant::now();
+                continue;
+            }
             if let Some(due) = timer_due
                 && tick_timer.deadline() != due.into()
             {
@@ -159,16 +178,14 @@ impl Activation {
             }
             tokio::select! {
                 biased;
-                _ = self.info.deactivate.cancelled() => break self.info.reason(),
+                _ = &mut deactivate => break info.reason(),
                 _ = &mut tick_timer, if timer_due.is_some() => {
-                    self.timer_turn().await;
+                    self.timer_turn(&silo).await;
                     last_turn = Instant::now();
                 }
-                // Admission stopped: recompute without timers.
-                _ = self.silo.lifecycle.stopping.cancelled(), if timer_due.is_some() => {}
                 message = mailbox.recv() => match message {
                     Some(message) => {
-                        self.turn(message).await;
+                        self.turn(&silo, message).await;
                         last_turn = Instant::now();
                     }
                     // The catalog holds a sender while the activation is registered.
@@ -189,7 +206,7 @@ impl Activation {
         // No new messages from here on; those already queued still get their turn.
         mailbox.close();
         while let Some(message) = mailbox.recv().await {
-            self.turn(message).await;
+            self.turn(&silo, message).await;
         }
         self.deactivate(reason).await;
         self.silo.catalog.remove(&self.info);
@@ -205,13 +222,11 @@ impl Activation {
         self.live.as_ref()?.store.data().timers.next_due()
     }
 
-    async fn timer_turn(&mut self) {
-        if !self.silo.lifecycle.is_admitting() {
+    async fn timer_turn(&mut self, silo: &Silo) {
+        if !silo.lifecycle.is_admitting() {
             return;
         }
-        let silo = self.silo.clone();
         let _running = silo.lifecycle.turn_started();
-        let interrupt = silo.lifecycle.interrupt.clone();
         let Some(live) = self.live.as_mut() else {
             return;
         };
@@ -220,9 +235,9 @@ impl Activation {
         };
         silo.metrics.timer_ticks.inc();
         let deadline = Instant::now() + self.turn_timeout;
-        live.store.data_mut().turn = Turn::new(CallChain::default(), deadline);
+        begin_turn(&mut live.store, CallChain::default(), deadline);
         let outcome = guest(
-            &interrupt,
+            &silo.lifecycle,
             deadline,
             live.grain.call_on_timer(&mut live.store, &name),
         )
@@ -242,8 +257,7 @@ impl Activation {
         }
     }
 
-    async fn turn(&mut self, message: Message) {
-        let silo = self.silo.clone();
+    async fn turn(&mut self, silo: &Silo, message: Message) {
         let _running = silo.lifecycle.turn_started();
         match message {
             Message::Call(call) => {
@@ -254,11 +268,11 @@ impl Activation {
                     deadline,
                     delivery,
                     reply,
-                } = call;
+                } = *call;
                 let started = Instant::now();
                 let span = turn_span(&self.info.id, &method);
                 let result = self
-                    .call_turn(&method, &payload, chain, deadline, delivery)
+                    .call_turn(silo, &method, &payload, chain, deadline, delivery)
                     .instrument(span.clone())
                     .await;
                 record_turn(&span, started, &result);
@@ -270,7 +284,7 @@ impl Activation {
                 let result = if Instant::now() >= tick.deadline {
                     Err(CallError::Deadline)
                 } else {
-                    self.reminder_turn(&tick.due, tick.attempt)
+                    self.reminder_turn(silo, &tick.due, tick.attempt)
                         .instrument(span.clone())
                         .await
                 };
@@ -283,14 +297,16 @@ impl Activation {
 
     async fn call_turn(
         &mut self,
+        silo: &Silo,
         method: &str,
         payload: &[u8],
         chain: CallChain,
         deadline: Instant,
         delivery: Option<MessageId>,
     ) -> Result<Vec<u8>, CallError> {
-        let deadline = deadline.min(Instant::now() + self.turn_timeout);
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        let deadline = deadline.min(now + self.turn_timeout);
+        if now >= deadline {
             return Err(CallError::Deadline);
         }
         if let Some(id) = delivery {
@@ -301,11 +317,10 @@ impl Activation {
             }
             tracing::debug!(grain = %self.info.id, id, method, "delivery");
         }
-        let interrupt = self.silo.lifecycle.interrupt.clone();
         let live = self.live().await?;
-        live.store.data_mut().turn = Turn::new(chain, deadline);
+        begin_turn(&mut live.store, chain, deadline);
         let outcome = guest(
-            &interrupt,
+            &silo.lifecycle,
             deadline,
             live.grain.call_handle(&mut live.store, method, payload),
         )
@@ -335,7 +350,9 @@ impl Activation {
     /// The live instance, activating one (instantiate, load state, `activate`) if needed.
     async fn live(&mut self) -> Result<&mut Live, CallError> {
         if self.live.is_none() {
-            let live = self.activate().await?;
+            // Boxed: instantiation is the largest future of a turn and runs once, so it
+            // should not size the task every idle activation keeps.
+            let live = Box::pin(self.activate()).await?;
             self.live = Some(live);
         }
         // Set just above when it was empty.
@@ -353,7 +370,6 @@ impl Activation {
         let host = GrainHost::new(self.silo.clone(), id, memory_limit);
         let mut store = Store::new(&self.silo.runtime.engine, host);
         store.limiter(|host| &mut host.limits);
-        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             if Instant::now() >= ctx.data().turn.deadline {
                 Err(wasmtime::Error::new(TurnDeadline))
@@ -367,14 +383,13 @@ impl Activation {
             }
         });
         let deadline = Instant::now() + self.turn_timeout;
-        store.data_mut().turn = Turn::new(CallChain::default(), deadline);
+        begin_turn(&mut store, CallChain::default(), deadline);
         let grain = match self.kind.pre.instantiate_async(&mut store).await {
             Ok(grain) => grain,
             Err(e) => return Err(self.instantiate_failed(e)),
         };
-        let interrupt = self.silo.lifecycle.interrupt.clone();
         let activated = guest(
-            &interrupt,
+            &self.silo.lifecycle,
             deadline,
             grain.call_activate(&mut store, state.as_deref()),
         )
@@ -464,7 +479,12 @@ impl Activation {
     /// Runs one reminder tick. Errors returned here are about reaching the grain
     /// (retried by the reminder service); what the grain does with the tick, including
     /// failing or trapping, is recorded in the reminder and answered `Ok`.
-    async fn reminder_turn(&mut self, due: &DueReminder, attempt: u32) -> Result<(), CallError> {
+    async fn reminder_turn(
+        &mut self,
+        silo: &Silo,
+        due: &DueReminder,
+        attempt: u32,
+    ) -> Result<(), CallError> {
         let record = self
             .silo
             .storage
@@ -494,9 +514,8 @@ impl Activation {
         self.silo
             .metrics
             .observe_reminder_lag(now.saturating_sub(firing.scheduled_ms));
-        let interrupt = self.silo.lifecycle.interrupt.clone();
         let live = self.live().await?;
-        live.store.data_mut().turn = Turn::new(CallChain::default(), deadline);
+        begin_turn(&mut live.store, CallChain::default(), deadline);
         let tick = WitTick {
             scheduled_ms: firing.scheduled_ms,
             fired_ms: now,
@@ -504,7 +523,7 @@ impl Activation {
             idempotency_key: format!("{}@{}", due.name, firing.scheduled_ms),
         };
         let outcome = guest(
-            &interrupt,
+            &silo.lifecycle,
             deadline,
             live.grain
                 .call_on_reminder(&mut live.store, &due.name, &tick),
@@ -543,7 +562,7 @@ impl Activation {
             return;
         };
         let deadline = Instant::now() + self.turn_timeout;
-        live.store.data_mut().turn = Turn::new(CallChain::default(), deadline);
+        begin_turn(&mut live.store, CallChain::default(), deadline);
         let outcome = tokio::time::timeout_at(
             deadline.into(),
             live.grain.call_deactivate(&mut live.store, reason.to_wit()),
@@ -621,6 +640,14 @@ impl Activation {
     }
 }
 
+/// Stages a fresh turn and re-arms the epoch deadline from now: an armed deadline that
+/// lapsed while the activation sat idle would make the turn's first epoch check run the
+/// callback and yield to tokio before doing any work.
+fn begin_turn(store: &mut Store<GrainHost>, chain: CallChain, deadline: Instant) {
+    store.data_mut().turn = Turn::new(chain, deadline);
+    store.set_epoch_deadline(1);
+}
+
 /// The span of one turn: guest log lines inside it carry the grain and method, and
 /// `RUST_LOG=granary::turn=debug` prints one line per turn with its outcome and duration.
 fn turn_span(id: &GrainId, method: &str) -> tracing::Span {
@@ -648,17 +675,28 @@ enum Stopped {
 /// Runs a guest export under the turn's deadline and the drain's interrupt. Dropping the
 /// call future abandons the instance mid-call; callers discard it.
 async fn guest<T>(
-    interrupt: &CancellationToken,
+    lifecycle: &Lifecycle,
     deadline: Instant,
     call: impl Future<Output = T>,
 ) -> Result<T, Stopped> {
-    tokio::select! {
-        biased;
-        _ = interrupt.cancelled() => Err(Stopped::Interrupted),
-        result = tokio::time::timeout_at(deadline.into(), call) => {
-            result.map_err(|_| Stopped::Deadline)
+    let call = tokio::time::timeout_at(deadline.into(), call);
+    // Only a call that has to wait registers with the shared token (under its mutex);
+    // the flag is checked first on every poll, as the token was with `biased`.
+    let interrupt = lifecycle.interrupt.cancelled();
+    tokio::pin!(call, interrupt);
+    std::future::poll_fn(|cx| {
+        if lifecycle.is_interrupted() {
+            return Poll::Ready(Err(Stopped::Interrupted));
         }
-    }
+        if let Poll::Ready(result) = call.as_mut().poll(cx) {
+            return Poll::Ready(result.map_err(|_| Stopped::Deadline));
+        }
+        interrupt
+            .as_mut()
+            .poll(cx)
+            .map(|()| Err(Stopped::Interrupted))
+    })
+    .await
 }
 
 pub fn incident_id() -> String {

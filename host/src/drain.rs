@@ -50,6 +50,9 @@ pub struct Lifecycle {
     pub stopping: CancellationToken,
     /// Cancelled at drain step 4 once `turn_grace_ms` is over: running turns are dropped.
     pub interrupt: CancellationToken,
+    /// Set just before `interrupt` is cancelled: a turn checks this flag instead of the
+    /// token, whose every check takes a mutex shared by all activations.
+    interrupted: AtomicBool,
     /// Cancelled by `POST /v1/admin/drain`; `serve` treats it like SIGTERM.
     pub drain_requested: CancellationToken,
     /// Turns running right now, so the drain can wait for them.
@@ -64,6 +67,7 @@ impl Default for Lifecycle {
             admitting: AtomicBool::new(true),
             stopping: CancellationToken::new(),
             interrupt: CancellationToken::new(),
+            interrupted: AtomicBool::new(false),
             drain_requested: CancellationToken::new(),
             running_turns: AtomicUsize::new(0),
             turns_done: Notify::new(),
@@ -109,6 +113,16 @@ impl Lifecycle {
     fn stop_admitting(&self) {
         self.admitting.store(false, Ordering::Release);
         self.stopping.cancel();
+    }
+
+    /// Whether running turns are being interrupted (drain step 4).
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Acquire)
+    }
+
+    fn interrupt_turns(&self) {
+        self.interrupted.store(true, Ordering::Release);
+        self.interrupt.cancel();
     }
 
     pub fn turn_started(&self) -> RunningTurn<'_> {
@@ -182,7 +196,7 @@ pub async fn drain(silo: &Arc<Silo>, plan: DrainPlan) -> bool {
             running_turns = life.running_turns(),
             "interrupting turns still running after turn_grace"
         );
-        life.interrupt.cancel();
+        life.interrupt_turns();
         let unwind = Duration::from_secs(1).min(remaining(FLUSH_RESERVE));
         ok &= step("interrupt running turns", unwind, life.turns_finished()).await;
     }

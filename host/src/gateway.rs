@@ -9,8 +9,8 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{BytesRejection, RawPathParamsRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawPathParams, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -78,41 +78,60 @@ pub fn starting_router() -> Router {
 }
 
 async fn call_reminders_method(
-    silo: State<Arc<Silo>>,
-    Path((kind, key)): Path<(String, String)>,
+    State(silo): State<Arc<Silo>>,
+    params: Result<RawPathParams, RawPathParamsRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    call_grain(silo, Path((kind, key, "reminders".to_owned())), body).await
+    respond(call(&silo, params, Some("reminders"), body).await)
 }
 
 async fn call_grain(
     State(silo): State<Arc<Silo>>,
-    Path((kind, key, method)): Path<(String, String, String)>,
+    params: Result<RawPathParams, RawPathParamsRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = async {
-        let body = body.map_err(|r| match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                CallError::TooLarge(silo.config.max_payload_bytes as u64)
-            }
-            _ => CallError::BadPayload(r.body_text()),
-        })?;
-        let target = GrainId::parse(&kind, &key).map_err(|e| CallError::BadId(e.to_string()))?;
-        validate_method(&method)?;
-        if !silo.lifecycle.is_admitting() {
-            return Err(CallError::Draining);
-        }
-        let deadline = Instant::now() + silo.config.call_timeout();
-        silo.call(
-            target,
-            method,
-            Vec::from(body),
-            CallChain::default(),
-            deadline,
-        )
-        .await
+    respond(call(&silo, params, None, body).await)
+}
+
+/// The path's `kind`, `key` and `method` (unless the route fixes it) are read in place:
+/// only what the call keeps is copied.
+async fn call(
+    silo: &Arc<Silo>,
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    method: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<u8>, CallError> {
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => CallError::TooLarge(silo.config.max_payload_bytes as u64),
+        _ => CallError::BadPayload(r.body_text()),
+    })?;
+    let params = params.map_err(|r| CallError::BadId(r.body_text()))?;
+    let param = |name: &str| {
+        params
+            .iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
+            .unwrap_or_default()
+    };
+    let target =
+        GrainId::parse(param("kind"), param("key")).map_err(|e| CallError::BadId(e.to_string()))?;
+    let method = method.unwrap_or_else(|| param("method"));
+    validate_method(method)?;
+    if !silo.lifecycle.is_admitting() {
+        return Err(CallError::Draining);
     }
-    .await;
+    let deadline = Instant::now() + silo.config.call_timeout();
+    let payload = Vec::from(body);
+    silo.call(
+        target,
+        method.to_owned(),
+        payload,
+        CallChain::default(),
+        deadline,
+    )
+    .await
+}
+
+fn respond(result: Result<Vec<u8>, CallError>) -> Response {
     match result {
         Ok(reply) => (
             StatusCode::OK,

@@ -9,11 +9,12 @@ use tokio::sync::oneshot;
 use crate::grain_id::GrainId;
 use crate::storage::{DueReminder, MessageId};
 
-/// One unit of work for an activation; each is one turn.
+/// One unit of work for an activation; each is one turn. Boxed, because a mailbox
+/// allocates room for 32 messages up front and most activations hold one at a time.
 pub enum Message {
-    Call(Call),
+    Call(Box<Call>),
     /// A durable reminder is due; the reply comes once the tick's turn committed.
-    Reminder(ReminderDue),
+    Reminder(Box<ReminderDue>),
 }
 
 /// A reminder tick to run.
@@ -36,24 +37,29 @@ pub struct Call {
     pub reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
 }
 
-/// The grains a call passed through. Shared, because every nested call extends it.
+/// The grains a call passed through. Shared, because every nested call extends it;
+/// `None` for a call from outside, so most turns allocate no chain.
 #[derive(Debug, Clone, Default)]
-pub struct CallChain(Arc<Vec<GrainId>>);
+pub struct CallChain(Option<Arc<Vec<GrainId>>>);
 
 impl CallChain {
+    fn ids(&self) -> &[GrainId] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
     pub fn contains(&self, id: &GrainId) -> bool {
-        self.0.contains(id)
+        self.ids().contains(id)
     }
 
     pub fn extended(&self, id: &GrainId) -> Self {
-        let mut chain = (*self.0).clone();
+        let mut chain = self.ids().to_vec();
         chain.push(id.clone());
-        Self(Arc::new(chain))
+        Self(Some(Arc::new(chain)))
     }
 
     /// `a/1 -> b/2 -> a/1`, for the cycle error.
     pub fn describe_cycle(&self, target: &GrainId) -> String {
-        let mut parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        let mut parts: Vec<String> = self.ids().iter().map(ToString::to_string).collect();
         parts.push(target.to_string());
         parts.join(" -> ")
     }

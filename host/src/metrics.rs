@@ -159,9 +159,21 @@ impl Metrics {
 
     pub fn observe_call(&self, kind: &str, outcome: &str, seconds: f64) {
         if outcome == "ok" {
-            let series = self.ok_series(kind);
-            series.ok.inc();
-            series.seconds.observe(seconds);
+            // Recorded under the read lock: cloning the series would bump two shared
+            // reference counts per call.
+            let record = |series: &KindSeries| {
+                series.ok.inc();
+                series.seconds.observe(seconds);
+            };
+            {
+                // Poisoning needs a panic under the lock; nothing here panics.
+                let known = self.ok_series.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(series) = known.get(kind) {
+                    record(series);
+                    return;
+                }
+            }
+            record(&self.new_ok_series(kind));
             return;
         }
         self.calls
@@ -177,16 +189,7 @@ impl Metrics {
             .observe(seconds);
     }
 
-    fn ok_series(&self, kind: &str) -> KindSeries {
-        // Poisoning needs a panic under the lock; nothing here panics.
-        if let Some(series) = self
-            .ok_series
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(kind)
-        {
-            return series.clone();
-        }
+    fn new_ok_series(&self, kind: &str) -> KindSeries {
         let series = KindSeries {
             ok: self
                 .calls

@@ -151,12 +151,12 @@ impl Silo {
         deadline: Instant,
     ) -> Result<(), CallError> {
         let (reply, replied) = oneshot::channel();
-        let message = Message::Reminder(ReminderDue {
+        let message = Message::Reminder(Box::new(ReminderDue {
             due: due.clone(),
             attempt,
             deadline,
             reply,
-        });
+        }));
         self.catalog
             .place(self, &due.grain, message, deadline)
             .await?;
@@ -187,14 +187,14 @@ impl Silo {
             return Err(CallError::Cycle(chain.describe_cycle(target)));
         }
         let (reply, replied) = oneshot::channel();
-        let message = Message::Call(Call {
+        let message = Message::Call(Box::new(Call {
             method,
             payload,
             chain,
             deadline,
             delivery,
             reply,
-        });
+        }));
         self.catalog.place(self, target, message, deadline).await?;
         match tokio::time::timeout_at(deadline.into(), replied).await {
             Ok(Ok(result)) => result,

@@ -6,6 +6,7 @@
 //! turn, drain); a tick is never delivered after deactivation starts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Timers one activation may hold.
@@ -33,7 +34,8 @@ pub enum TimerChange {
 
 #[derive(Debug, Default)]
 pub struct GrainTimers {
-    timers: BTreeMap<String, GrainTimer>,
+    /// Shared names: a tick hands its timer's name to the guest without copying it.
+    timers: BTreeMap<Arc<str>, GrainTimer>,
 }
 
 impl GrainTimers {
@@ -44,7 +46,7 @@ impl GrainTimers {
             return Err("timer period must be at least 1 ms".into());
         }
         let mut names: std::collections::BTreeSet<&str> =
-            self.timers.keys().map(String::as_str).collect();
+            self.timers.keys().map(|k| &**k).collect();
         for change in staged {
             match change {
                 TimerChange::Register { name, .. } => names.insert(name),
@@ -64,7 +66,7 @@ impl GrainTimers {
             match change {
                 TimerChange::Register { name, due, period } => {
                     self.timers.insert(
-                        name,
+                        name.into(),
                         GrainTimer {
                             next: now + due,
                             period,
@@ -72,7 +74,7 @@ impl GrainTimers {
                     );
                 }
                 TimerChange::Cancel(name) => {
-                    self.timers.remove(&name);
+                    self.timers.remove(name.as_str());
                 }
             }
         }
@@ -85,7 +87,7 @@ impl GrainTimers {
 
     /// The earliest due timer, rescheduled (or removed if one-shot) before its tick runs,
     /// so a tick that ends later than a period coalesces instead of piling up.
-    pub fn take_due(&mut self, now: Instant) -> Option<String> {
+    pub fn take_due(&mut self, now: Instant) -> Option<Arc<str>> {
         let (name, timer) = self
             .timers
             .iter()
@@ -105,7 +107,7 @@ impl GrainTimers {
                 }
             }
             None => {
-                self.timers.remove(&name);
+                self.timers.remove(&*name);
             }
         }
         Some(name)
