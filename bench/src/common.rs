@@ -468,6 +468,8 @@ pub async fn failure_cause(silo: &Arc<Silo>) -> String {
 pub struct Region {
     pub start: u64,
     pub end: u64,
+    /// `rw-p`, `---p`, …
+    pub perms: String,
     pub name: String,
     pub rss_kib: u64,
 }
@@ -484,7 +486,8 @@ fn smaps_regions(merge: bool) -> Vec<Region> {
         if let Some((a, b)) = first.split_once('-')
             && let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
         {
-            let name = fields.nth(4).unwrap_or("").to_owned();
+            let perms = fields.next().unwrap_or("").to_owned();
+            let name = fields.nth(3).unwrap_or("").to_owned();
             if let Some(r) = current.take() {
                 if merge && r.end == start && r.name == name {
                     current = Some(Region { end, ..r });
@@ -495,6 +498,7 @@ fn smaps_regions(merge: bool) -> Vec<Region> {
             current = Some(Region {
                 start,
                 end,
+                perms,
                 name,
                 rss_kib: 0,
             });
@@ -525,15 +529,19 @@ impl Snapshot {
         }
     }
 
-    /// Resident KiB in linear memories (the span of the memory pool that holds the
-    /// copy-on-write memory images), and elsewhere.
-    fn split(&self, span: (u64, u64)) -> (i64, i64) {
+    /// Resident KiB in linear memories, and elsewhere. A linear memory is the accessible
+    /// start of a 64 MiB pool slot, so it is followed by the slot's inaccessible rest;
+    /// a fiber stack is followed by the next stack's one-page guard.
+    fn split(&self) -> (i64, i64) {
         let mut linear = 0;
         let mut other = 0;
-        for r in &self.maps {
-            let in_pool = r.name.contains(IMAGE)
-                || (r.name.is_empty() && r.start >= span.0 && r.end <= span.1);
-            if in_pool {
+        for (i, r) in self.maps.iter().enumerate() {
+            let slot_rest = self.maps.get(i + 1).is_some_and(|next| {
+                next.start == r.end
+                    && next.perms.starts_with("---")
+                    && next.end - next.start >= 16 << 20
+            });
+            if r.name.is_empty() && r.perms.starts_with("rw") && slot_rest {
                 linear += r.rss_kib as i64;
             } else {
                 other += r.rss_kib as i64;
@@ -543,19 +551,12 @@ impl Snapshot {
     }
 }
 
-const IMAGE: &str = "memfd:wasm-memory-image";
-
 /// Where resident memory grew between two snapshots, per unit of `n`: guest linear
 /// memories (the pages the guest touched), and everything else (the host side: store,
 /// instance, tables, fiber stack, allocations, and for the silo its task and catalog).
 pub fn rss_breakdown(before: &Snapshot, after: &Snapshot, n: usize) -> String {
-    let images = || after.maps.iter().filter(|r| r.name.contains(IMAGE));
-    let span = (
-        images().map(|r| r.start).min().unwrap_or(0),
-        images().map(|r| r.end).max().unwrap_or(0),
-    );
-    let (l0, o0) = before.split(span);
-    let (l1, o1) = after.split(span);
+    let (l0, o0) = before.split();
+    let (l1, o1) = after.split();
     let per = |kib: i64| kib as f64 / n as f64;
     format!(
         "{:.1} KiB in guest linear memory, {:.1} KiB on the host side",
