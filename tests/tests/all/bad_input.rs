@@ -18,6 +18,9 @@ async fn bad_names_are_refused_before_storage() {
         ("count%00er/alice", "get", 400, "bad-id"),
         ("counter/a%00b", "get", 400, "bad-id"),
         ("counter/a%1Bb", "get", 400, "bad-id"),
+        // Not UTF-8 once decoded: the same JSON error, not axum's plain-text one.
+        ("counter/a%FFb", "get", 400, "bad-id"),
+        ("counter/alice", "g%FFt", 400, "bad-id"),
         ("counter/alice", "no_such_method", 404, "unknown-method"),
         ("counter/alice", "bad%20method", 400, "bad-id"),
     ];
