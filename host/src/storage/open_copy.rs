@@ -50,12 +50,16 @@ impl OpenCopy {
             return Ok(None);
         }
         let started = Instant::now();
-        copy_dir(dir, &partial).map_err(io("copying the store to", &partial))?;
-        std::fs::rename(&partial, &copy).map_err(io("renaming", &partial))?;
-        tracing::debug!(
-            bytes = size,
+        // A disk too full for the copy must not keep the silo from starting.
+        if let Err(e) = copy_dir(dir, &partial).and_then(|()| std::fs::rename(&partial, &copy)) {
+            tracing::warn!(error = %e, copy = %partial.display(), "cannot copy the store before opening it; opening it without a copy");
+            remove_if_present(&partial)?;
+            return Ok(None);
+        }
+        tracing::info!(
+            mib = size >> 20,
             ms = started.elapsed().as_millis() as u64,
-            "copied the store before opening it"
+            "copied the store aside while it is opened and checked"
         );
         Ok(Some(Self {
             dir: dir.to_owned(),
@@ -168,6 +172,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["db"]);
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_copied_opens_without_a_copy() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = store(root.path());
+        // A socket cannot be copied: the copy fails part-way, as on a full disk.
+        let _socket = std::os::unix::net::UnixListener::bind(dir.join("sock")).unwrap();
+        assert!(OpenCopy::take(&dir, u64::MAX).unwrap().is_none());
+        assert!(!root.path().join("db.opening.partial").exists());
+        assert!(!root.path().join("db.opening").exists());
+        assert_eq!(std::fs::read(dir.join("db")).unwrap(), b"log");
     }
 
     #[test]
