@@ -149,6 +149,7 @@ impl SledStorage {
             db: Some(db),
             handle: handle.clone(),
             stalled: false,
+            reopen_failures: 0,
             count: reminder_count.clone(),
             health: health.clone(),
             flush_seconds,
@@ -275,6 +276,8 @@ struct Committer {
     handle: Handle,
     /// A write failed for lack of space: the committer reopens the store once it can.
     stalled: bool,
+    /// Failed reopens since the store stalled; a warning every minute says why.
+    reopen_failures: u32,
     count: Arc<AtomicU64>,
     health: HealthCell,
     flush_seconds: Histogram,
@@ -464,10 +467,16 @@ impl Committer {
                 self.handle.replace(Some(db.clone()));
                 self.db = Some(db);
                 self.stalled = false;
+                self.reopen_failures = 0;
                 self.health.set(Health::Healthy);
                 tracing::info!("storage reopened after a full disk; the silo serves again");
             }
-            Err(e) => tracing::debug!(error = %e, "storage not reopened yet"),
+            Err(e) => {
+                self.reopen_failures += 1;
+                if self.reopen_failures % 60 == 1 {
+                    tracing::warn!(error = %e, attempts = self.reopen_failures, "storage not reopened yet; retrying every second");
+                }
+            }
         }
     }
 
