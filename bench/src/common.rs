@@ -249,6 +249,20 @@ pub fn rss_kib() -> u64 {
     status_kib("VmRSS")
 }
 
+/// Proportional set size: resident pages, each shared page divided among the mappings
+/// that share it. Copy-on-write memory images are mapped once per instance but resident
+/// once, so this, not `VmRSS`, is what an activation costs.
+pub fn pss_kib() -> u64 {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("Pss:")?;
+            rest.trim().trim_end_matches("kB").trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Lines of `/proc/self/maps`: the memory mappings `vm.max_map_count` limits.
 pub fn maps_count() -> u64 {
     std::fs::read_to_string("/proc/self/maps")
@@ -530,8 +544,9 @@ impl Snapshot {
     }
 
     /// Resident KiB in linear memories, and elsewhere. A linear memory is the accessible
-    /// start of a 64 MiB pool slot, so it is followed by the slot's inaccessible rest;
-    /// a fiber stack is followed by the next stack's one-page guard.
+    /// start of a 64 MiB pool slot, so it is followed by the slot's inaccessible rest (a
+    /// fiber stack is followed by the next stack's one-page guard), plus its copy-on-write
+    /// image when it has one.
     fn split(&self) -> (i64, i64) {
         let mut linear = 0;
         let mut other = 0;
@@ -541,7 +556,8 @@ impl Snapshot {
                     && next.perms.starts_with("---")
                     && next.end - next.start >= 16 << 20
             });
-            if r.name.is_empty() && r.perms.starts_with("rw") && slot_rest {
+            let image = r.name.contains("memfd:wasm-memory-image");
+            if image || (r.name.is_empty() && r.perms.starts_with("rw") && slot_rest) {
                 linear += r.rss_kib as i64;
             } else {
                 other += r.rss_kib as i64;

@@ -370,13 +370,14 @@ fn log_capacity(config: &Config, runtime: &Runtime) {
         max_activations = c.max_activations,
         instance_slots = c.instances,
         max_map_count = ?c.max_map_count,
+        memory_images = if c.copy_on_write { "shared" } else { "copied" },
         "activation capacity"
     );
     if c.limited_by_maps(config.max_activations) {
         tracing::warn!(
             configured = config.max_activations,
             allowed = c.max_activations,
-            "vm.max_map_count limits live activations; raise it (sysctl -w vm.max_map_count=1048576) to allow more"
+            "vm.max_map_count limits live activations; raise it (sysctl -w vm.max_map_count=1048576) to allow more, and to let them share their memory images (about 16 KiB less each)"
         );
     }
 }

@@ -74,11 +74,8 @@ fn engine_config(config: &Config, capacity: &Capacity) -> wasmtime::Config {
     c.epoch_interruption(true);
     // Measured: the concurrency machinery makes plain component calls 2-5x slower.
     c.concurrency_support(false);
-    // Measured (bench capacity/activation rows): a copy-on-write image costs two more
-    // mappings per instance (4.00 instead of 2.00, so 10,239 instead of 15,358 live under
-    // the stock vm.max_map_count) and made cold activation slower (2.91x vs 2.28x the raw
-    // floor); copying the guests' small data segments is cheaper.
-    c.memory_init_cow(false);
+    // Shared images save memory, copies save mappings: see `Capacity::copy_on_write`.
+    c.memory_init_cow(capacity.copy_on_write);
     c.async_stack_size(ASYNC_STACK_SIZE);
     c.max_wasm_stack(MAX_WASM_STACK);
     // A small reservation per memory (instead of 4 GiB) lets 100k slots fit in the address
