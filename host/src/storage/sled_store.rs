@@ -125,7 +125,10 @@ impl SledStorage {
                 ensure_unlocked(dir)?;
                 OpenCopy::take(dir, copy_max_bytes)?
             }
-            Marker::New | Marker::Absent => None,
+            Marker::New | Marker::Absent => {
+                watermark::reset(dir)?;
+                None
+            }
         };
         let opened = open_checked(dir, marker);
         match (&opened, copy) {
@@ -830,6 +833,32 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("newer Granary"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_new_store_ignores_the_watermark_of_a_deleted_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let commit_one = |storage: &SledStorage, key: &str| {
+            let mut commit = TurnCommit::new(grain(key));
+            commit.state = Some(StateChange::Write(vec![1]));
+            storage.commit(commit)
+        };
+        {
+            let storage = open(&db);
+            for i in 0..5 {
+                commit_one(&storage, &format!("g{i}")).wait().await.unwrap();
+            }
+        }
+        // The operator deletes the store and its marker but not the watermark.
+        std::fs::remove_dir_all(&db).unwrap();
+        std::fs::remove_file(format::path(&db)).unwrap();
+        {
+            let storage = open(&db);
+            commit_one(&storage, "new").wait().await.unwrap();
+        }
+        let storage = open(&db);
+        assert_eq!(storage.load_state(&grain("new")).unwrap(), Some(vec![1]));
     }
 
     #[test]

@@ -64,6 +64,19 @@ pub fn read(dir: &Path) -> Result<Option<u64>, StorageError> {
     }
 }
 
+/// Forgets the watermark of a store that no longer exists: a new store starts counting
+/// from zero, and a stale watermark beside it would refuse it as damaged.
+pub fn reset(dir: &Path) -> Result<(), StorageError> {
+    let file = path(dir);
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(StorageError::Transient(format!(
+            "removing {}: {e}",
+            file.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Compares what sled recovered with what it had acknowledged.
 pub fn check(dir: &Path, recovered: u64, flushed: Option<u64>) -> Result<(), StorageError> {
     match flushed {
