@@ -151,7 +151,7 @@ impl SledStorage {
             dir: dir.to_owned(),
             db: Some(db),
             handle: handle.clone(),
-            stalled: false,
+            stalled: None,
             reopen_failures: 0,
             count: reminder_count.clone(),
             health: health.clone(),
@@ -277,8 +277,10 @@ struct Committer {
     db: Option<sled::Db>,
     /// Shared with readers, so a reopen can close every handle of the old database.
     handle: Handle,
-    /// A write failed for lack of space: the committer reopens the store once it can.
-    stalled: bool,
+    /// Set when a write failed for lack of space, and at each failed reopen since: the
+    /// committer tries to reopen the store once per `REOPEN_INTERVAL`, however many jobs
+    /// arrive meanwhile.
+    stalled: Option<Instant>,
     /// Failed reopens since the store stalled; a warning every minute says why.
     reopen_failures: u32,
     count: Arc<AtomicU64>,
@@ -340,7 +342,7 @@ impl Ops {
 impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         loop {
-            let first = if self.stalled {
+            let first = if self.stalled.is_some() {
                 match rx.recv_timeout(REOPEN_INTERVAL) {
                     Ok(job) => Some(job),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -352,7 +354,10 @@ impl Committer {
                     Err(_) => break,
                 }
             };
-            if self.stalled {
+            if self
+                .stalled
+                .is_some_and(|at| at.elapsed() >= REOPEN_INTERVAL)
+            {
                 self.reopen();
             }
             let Some(first) = first else { continue };
@@ -432,8 +437,11 @@ impl Committer {
     /// store stops serving. A full disk is worth waiting out: the committer reopens the
     /// store (as a restart would) once space returns. Any other I/O error needs a restart.
     fn failed(&mut self, e: &sled::Error) {
-        self.stalled = out_of_space(e);
-        let health = if self.stalled {
+        // Readers too: sled's tree may hold the refused write.
+        drop(self.handle.replace(None));
+        let full = out_of_space(e);
+        self.stalled = full.then(Instant::now);
+        let health = if full {
             Health::Stalled
         } else {
             Health::Failed
@@ -441,7 +449,7 @@ impl Committer {
         if self.health.set(health) != Health::Healthy {
             return;
         }
-        if self.stalled {
+        if full {
             tracing::error!(error = %e, "storage write failed: the disk is full; the silo reports itself unhealthy, refuses calls and reopens the store once space returns");
         } else {
             tracing::error!(error = %e, "storage write failed; the silo reports itself unhealthy and refuses calls until it restarts");
@@ -469,12 +477,13 @@ impl Committer {
                 self.count.store(count, Ordering::Relaxed);
                 self.handle.replace(Some(db.clone()));
                 self.db = Some(db);
-                self.stalled = false;
+                self.stalled = None;
                 self.reopen_failures = 0;
                 self.health.set(Health::Healthy);
                 tracing::info!("storage reopened after a full disk; the silo serves again");
             }
             Err(e) => {
+                self.stalled = Some(Instant::now());
                 self.reopen_failures += 1;
                 if self.reopen_failures % 60 == 1 {
                     tracing::warn!(error = %e, attempts = self.reopen_failures, "storage not reopened yet; retrying every second");
