@@ -8,7 +8,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use granary::storage::{SledStorage, StorageError};
@@ -199,6 +200,111 @@ pub async fn ledger_transfer(
         }
         Err(_) => Transfer::Gone,
     })
+}
+
+/// Deposits `amount` into each of the ledger accounts `acct0..accounts`.
+pub async fn ledger_fund(http: &reqwest::Client, base: &str, accounts: usize, amount: u64) {
+    for a in 0..accounts {
+        let (status, body) = post(
+            http,
+            base,
+            &format!("ledger/acct{a}"),
+            "deposit",
+            &amount.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// What the transfer clients of [`spawn_transfers`] saw.
+#[derive(Default)]
+pub struct Transfers {
+    pub moved: AtomicU64,
+    pub refused: AtomicU64,
+    unexpected: Mutex<Vec<String>>,
+}
+
+impl Transfers {
+    /// Answers other than 200 and 422, as `status body`.
+    pub fn take_unexpected(&self) -> Vec<String> {
+        std::mem::take(&mut *self.unexpected.lock().unwrap())
+    }
+}
+
+/// `clients` tasks running [`ledger_transfer`] in a loop (each its own slice of the
+/// pattern) until `stop` is set or the silo is gone.
+pub fn spawn_transfers(
+    http: &reqwest::Client,
+    base: &str,
+    clients: usize,
+    accounts: usize,
+    stop: &Arc<AtomicBool>,
+) -> (Arc<Transfers>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen = Arc::new(Transfers::default());
+    let tasks = (0..clients)
+        .map(|c| {
+            let (http, base, stop, seen) =
+                (http.clone(), base.to_owned(), stop.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 7;
+                    match ledger_transfer(&http, &base, i, accounts).await {
+                        None => {}
+                        Some(Transfer::Moved) => {
+                            seen.moved.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Transfer::Refused) => {
+                            seen.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Transfer::Unexpected(answer)) => {
+                            seen.unexpected.lock().unwrap().push(answer);
+                        }
+                        Some(Transfer::Gone) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    (seen, tasks)
+}
+
+/// The ledger's total over `acct0..accounts` once every committed credit is delivered:
+/// never above `expected` (a credit applied twice), polled for up to 30 s while below it.
+pub async fn ledger_total_settled(
+    http: &reqwest::Client,
+    base: &str,
+    accounts: usize,
+    expected: u64,
+) -> u64 {
+    let started = Instant::now();
+    loop {
+        let mut total = 0;
+        for a in 0..accounts {
+            let (status, body) = post(http, base, &format!("ledger/acct{a}"), "balance", "").await;
+            assert_eq!(status, 200, "{body}");
+            total += body.parse::<u64>().unwrap();
+        }
+        assert!(
+            total <= expected,
+            "a credit was applied twice: total {total} > {expected}"
+        );
+        if total == expected || started.elapsed() > Duration::from_secs(30) {
+            return total;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Registers a reminder `tick` every 100 ms on each of the probe grains `r0..grains`
+/// (the silo must allow 100 ms periods: `GRANARY_MIN_REMINDER_PERIOD_MS=100`).
+pub async fn start_tick_reminders(http: &reqwest::Client, base: &str, grains: usize) {
+    for g in 0..grains {
+        let args = r#"{"name":"tick","due_ms":100,"period_ms":100}"#;
+        let (status, body) = post(http, base, &format!("probe/r{g}"), "start_reminder", args).await;
+        assert_eq!(status, 200, "{body}");
+    }
 }
 
 /// The `granary` binary built by `cargo xtask test` (or `GRANARY_BIN`).

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use granary_tests::{ChildSilo, Transfer, grains_dir, ledger_transfer, post};
+use granary_tests::{
+    ChildSilo, grains_dir, ledger_fund, ledger_total_settled, post, spawn_transfers,
+    start_tick_reminders,
+};
 
 const CLIENTS: usize = 6;
 
@@ -72,77 +75,29 @@ async fn ledger_total_is_conserved_across_kill_9() {
     let data_dir = data.path().join("data");
     let silo = ChildSilo::spawn(grains.path(), &data_dir, &[]);
     let http = reqwest::Client::new();
-    for a in 0..ACCOUNTS {
-        let (status, _) = post(
-            &http,
-            &silo.base,
-            &format!("ledger/acct{a}"),
-            "deposit",
-            &INITIAL.to_string(),
-        )
-        .await;
-        assert_eq!(status, 200);
-    }
+    ledger_fund(&http, &silo.base, ACCOUNTS, INITIAL).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let refused = Arc::new(AtomicU64::new(0));
-    let moved = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let (http, base, stop) = (http.clone(), silo.base.clone(), stop.clone());
-        let (refused, moved) = (refused.clone(), moved.clone());
-        clients.push(tokio::spawn(async move {
-            let mut i = c;
-            while !stop.load(Ordering::Relaxed) {
-                i += 7;
-                match ledger_transfer(&http, &base, i, ACCOUNTS).await {
-                    None => {}
-                    Some(Transfer::Moved) => {
-                        moved.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Transfer::Refused) => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Transfer::Unexpected(answer)) => panic!("unexpected answer {answer}"),
-                    Some(Transfer::Gone) => break,
-                }
-            }
-        }));
-    }
+    let (transfers, clients) = spawn_transfers(&http, &silo.base, CLIENTS, ACCOUNTS, &stop);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     silo.kill9();
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
     }
+    let unexpected = transfers.take_unexpected();
+    assert!(unexpected.is_empty(), "unexpected answers {unexpected:?}");
     assert!(
-        moved.load(Ordering::Relaxed) > 0,
+        transfers.moved.load(Ordering::Relaxed) > 0,
         "no transfer went through before the kill"
     );
     assert!(
-        refused.load(Ordering::Relaxed) > 0,
+        transfers.refused.load(Ordering::Relaxed) > 0,
         "no transfer was refused on purpose"
     );
 
     let silo = ChildSilo::spawn(grains.path(), &data_dir, &[]);
     let expected = INITIAL * ACCOUNTS as u64;
-    let mut total = 0;
-    for _ in 0..200 {
-        total = 0;
-        for a in 0..ACCOUNTS {
-            let (status, body) =
-                post(&http, &silo.base, &format!("ledger/acct{a}"), "balance", "").await;
-            assert_eq!(status, 200, "{body}");
-            total += body.parse::<u64>().unwrap();
-        }
-        assert!(
-            total <= expected,
-            "a credit was applied twice: total {total} > {expected}"
-        );
-        if total == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let total = ledger_total_settled(&http, &silo.base, ACCOUNTS, expected).await;
     assert_eq!(
         total, expected,
         "money lost: the outbox never delivered every credit"
@@ -159,18 +114,7 @@ async fn reminder_ticks_apply_exactly_once_across_kill_9() {
     let env = [("GRANARY_MIN_REMINDER_PERIOD_MS", "100")];
     let silo = ChildSilo::spawn(grains.path(), &data_dir, &env);
     let http = reqwest::Client::new();
-    for g in 0..TICKING {
-        let args = r#"{"name":"tick","due_ms":100,"period_ms":100}"#;
-        let (status, body) = post(
-            &http,
-            &silo.base,
-            &format!("probe/r{g}"),
-            "start_reminder",
-            args,
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    start_tick_reminders(&http, &silo.base, TICKING).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     silo.kill9();
     // Downtime: every reminder misses periods and must report them, not replay them.

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use granary_tests::{ChildSilo, Transfer, grains_dir, ledger_transfer, post};
+use granary_tests::{
+    ChildSilo, grains_dir, ledger_fund, ledger_total_settled, post, spawn_transfers,
+    start_tick_reminders,
+};
 
 const COUNTERS: usize = 4;
 const ACCOUNTS: usize = 8;
@@ -49,29 +52,8 @@ async fn crash_loop() {
 
     // Set-up: the accounts' money and the ticking reminders.
     let silo = ChildSilo::spawn(grains.path(), &data_dir, &env);
-    for a in 0..ACCOUNTS {
-        let (status, body) = post(
-            &http,
-            &silo.base,
-            &format!("ledger/acct{a}"),
-            "deposit",
-            &INITIAL.to_string(),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-    }
-    for g in 0..TICKING {
-        let args = r#"{"name":"tick","due_ms":100,"period_ms":100}"#;
-        let (status, body) = post(
-            &http,
-            &silo.base,
-            &format!("probe/r{g}"),
-            "start_reminder",
-            args,
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    ledger_fund(&http, &silo.base, ACCOUNTS, INITIAL).await;
+    start_tick_reminders(&http, &silo.base, TICKING).await;
     let mut silo = Some(silo);
 
     let mut baseline = [0u64; COUNTERS];
@@ -109,12 +91,9 @@ async fn crash_loop() {
             *base = value;
         }
         // Ledger: conserved once the outbox has delivered every committed credit.
-        let total = ledger_total_settled(&http, &restarted.base).await;
-        assert_eq!(
-            total,
-            INITIAL * ACCOUNTS as u64,
-            "round {round}: money not conserved"
-        );
+        let expected = INITIAL * ACCOUNTS as u64;
+        let total = ledger_total_settled(&http, &restarted.base, ACCOUNTS, expected).await;
+        assert_eq!(total, expected, "round {round}: money not conserved");
         increments += round_increments;
         transfers += load.transfers;
         // Reminders: ticks are never applied twice nor skipped silently, and never undone.
@@ -203,8 +182,6 @@ async fn load_until_killed(http: &reqwest::Client, silo: ChildSilo, baseline: &[
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Vec<AtomicU64>> =
         Arc::new(baseline.iter().map(|v| AtomicU64::new(*v)).collect());
-    let moved = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
     let unexpected = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut clients = Vec::new();
     for c in 0..COUNTERS {
@@ -237,38 +214,8 @@ async fn load_until_killed(http: &reqwest::Client, silo: ChildSilo, baseline: &[
             }
         }));
     }
-    for t in 0..3 {
-        let (http, base, stop, moved, refused, unexpected) = (
-            http.clone(),
-            silo.base.clone(),
-            stop.clone(),
-            moved.clone(),
-            refused.clone(),
-            unexpected.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut i = t;
-            while !stop.load(Ordering::Relaxed) {
-                i += 7;
-                match ledger_transfer(&http, &base, i, ACCOUNTS).await {
-                    None => {}
-                    Some(Transfer::Moved) => {
-                        moved.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Transfer::Refused) => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Transfer::Unexpected(answer)) => {
-                        unexpected
-                            .lock()
-                            .unwrap()
-                            .push(format!("transfer: {answer}"));
-                    }
-                    Some(Transfer::Gone) => break,
-                }
-            }
-        }));
-    }
+    let (transfers, transfer_clients) = spawn_transfers(http, &silo.base, 3, ACCOUNTS, &stop);
+    clients.extend(transfer_clients);
     let kill_after = rand::random_range(300..1500);
     tokio::time::sleep(Duration::from_millis(kill_after)).await;
     silo.kill9();
@@ -276,35 +223,18 @@ async fn load_until_killed(http: &reqwest::Client, silo: ChildSilo, baseline: &[
     for client in clients {
         client.await.unwrap();
     }
-    let unexpected = std::mem::take(&mut *unexpected.lock().unwrap());
+    let mut unexpected = std::mem::take(&mut *unexpected.lock().unwrap());
+    unexpected.extend(
+        transfers
+            .take_unexpected()
+            .into_iter()
+            .map(|answer| format!("transfer: {answer}")),
+    );
     Load {
         acked: acked.iter().map(|a| a.load(Ordering::SeqCst)).collect(),
-        transfers: moved.load(Ordering::Relaxed),
-        refused: refused.load(Ordering::Relaxed),
+        transfers: transfers.moved.load(Ordering::Relaxed),
+        refused: transfers.refused.load(Ordering::Relaxed),
         unexpected,
         killed_after_ms: kill_after,
-    }
-}
-
-/// The ledger's total once every committed credit is delivered; never above the money put
-/// in (a credit applied twice), polled until it stops being below it.
-async fn ledger_total_settled(http: &reqwest::Client, base: &str) -> u64 {
-    let expected = INITIAL * ACCOUNTS as u64;
-    let started = Instant::now();
-    loop {
-        let mut total = 0;
-        for a in 0..ACCOUNTS {
-            let (status, body) = post(http, base, &format!("ledger/acct{a}"), "balance", "").await;
-            assert_eq!(status, 200, "{body}");
-            total += body.parse::<u64>().unwrap();
-        }
-        assert!(
-            total <= expected,
-            "a credit was applied twice: {total} > {expected}"
-        );
-        if total == expected || started.elapsed() > Duration::from_secs(30) {
-            return total;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
