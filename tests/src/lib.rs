@@ -155,6 +155,12 @@ pub async fn post(
     (status, r.text().await.unwrap_or_default())
 }
 
+/// The `error` code of a JSON error answer (empty when the body is not one).
+pub fn error_code(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["error"].as_str().unwrap_or_default().to_owned()
+}
+
 /// How one transfer of [`ledger_transfer`] went.
 pub enum Transfer {
     Moved,

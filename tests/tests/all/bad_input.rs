@@ -1,12 +1,7 @@
 //! Every error a client or operator can cause: a clear status and message, nothing lost,
 //! and the silo keeps serving.
 
-use granary_tests::TestSilo;
-
-fn error_code(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["error"].as_str().unwrap_or_default().to_owned()
-}
+use granary_tests::{TestSilo, error_code};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_are_refused_before_storage() {

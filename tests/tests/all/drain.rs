@@ -191,27 +191,9 @@ fn admission_stopped_ms(log: &str) -> u64 {
         .find(|l| l.contains("admission stopped"))
         .unwrap_or_else(|| panic!("no 'admission stopped' line in the log:\n{log}"));
     let stamp = line.split_whitespace().next().unwrap();
-    let stamp = strip_ansi(stamp);
-    chrono::DateTime::parse_from_rfc3339(&stamp)
+    chrono::DateTime::parse_from_rfc3339(stamp)
         .unwrap_or_else(|e| panic!("bad timestamp {stamp:?}: {e}"))
         .timestamp_millis() as u64
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn poll_status(base: &str, path: &str, want: u16) -> Option<Duration> {

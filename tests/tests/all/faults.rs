@@ -15,14 +15,11 @@ use std::time::{Duration, Instant};
 use granary::GrainId;
 use granary::reminders::{MissedPolicy, ReminderChange, ReminderRecord, Schedule, TickOutcome};
 use granary::storage::{OutboxEntry, StateChange, Storage, TurnCommit};
-use granary_tests::{ChildSilo, TestSilo, grains_dir, granary_bin, post, shared_cache_dir};
+use granary_tests::{
+    ChildSilo, TestSilo, error_code, grains_dir, granary_bin, post, shared_cache_dir,
+};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
-
-fn error_code(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["error"].as_str().unwrap_or_default().to_owned()
-}
 
 // ---------------------------------------------------------------------------------------
 // Compile cache
@@ -212,7 +209,6 @@ fn serve_must_refuse(data: &Path) -> String {
         .env("GRANARY_CACHE_DIR", shared_cache_dir())
         .env("GRANARY_LOCK_WAIT_MS", "2000")
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

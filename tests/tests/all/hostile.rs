@@ -7,33 +7,10 @@
 use std::time::{Duration, Instant};
 
 use granary::GrainId;
-use granary_tests::{ChildSilo, TestSilo, grains_dir, post};
+use granary_tests::{ChildSilo, TestSilo, error_code, grains_dir, post};
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-/// The log without the colour codes of the text format.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn error_code(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    v["error"].as_str().unwrap_or_default().to_owned()
 }
 
 /// The silo still serves: a neighbour grain answers and its state is what it was.
@@ -752,7 +729,11 @@ async fn bad_pointers_in_canonical_abi_calls() {
         assert_eq!(call("hostile/h", "fine").await, (200, "".into()));
     }
     assert_eq!(call("counter/neighbour", "get").await, (200, "1".into()));
-    let log = strip_ansi(&silo.log_text());
+    let log = silo.log_text();
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a file carries escape sequences"
+    );
     assert!(
         log.contains("hello from WAT"),
         "the valid line was not logged"
