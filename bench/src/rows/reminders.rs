@@ -50,45 +50,13 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
     let stored: u64 = opts.pick(100_000, 1_000_000);
     let hot: u64 = opts.pick(5_000, 10_000);
 
-    let many = Scratch::new(ROW, &["probe"])?;
-    let many_root = many.dir.path().to_path_buf();
     progress(ROW, format!("populating {stored} reminders ({hot} hot)"));
-    let populated = run_child(
-        "reminders-populate",
-        opts.quick,
-        &phase_args(&many_root, stored, hot),
-    )?;
-    progress(
-        ROW,
-        format!(
-            "populated in {:.1}s; restarting on them",
-            populated["seconds"].as_f64().unwrap_or(0.0)
-        ),
-    );
-    let ours = restart_of(&run_child(
-        "reminders-restart",
-        opts.quick,
-        &phase_args(&many_root, 0, 0),
-    )?);
-    drop(many);
-
-    let few = Scratch::new(ROW, &["probe"])?;
-    let few_root = few.dir.path().to_path_buf();
+    let ours = populate_and_restart(opts, stored, hot)?;
     progress(
         ROW,
         format!("floor: populating only the {hot} hot reminders"),
     );
-    run_child(
-        "reminders-populate",
-        opts.quick,
-        &phase_args(&few_root, hot, hot),
-    )?;
-    let floor = restart_of(&run_child(
-        "reminders-restart",
-        opts.quick,
-        &phase_args(&few_root, 0, 0),
-    )?);
-    drop(few);
+    let floor = populate_and_restart(opts, hot, hot)?;
 
     let floor_name = format!("the same restart with only the {hot} hot reminders stored (0 cold)");
     Ok(RowOut::new(vec![
@@ -140,6 +108,27 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
             hot * 1000 / HOT_PERIOD_MS
         )),
     ]))
+}
+
+/// One process writes `stored` reminders (`hot` of them due now) into fresh data, a
+/// second one restarts on it.
+fn populate_and_restart(opts: &Opts, stored: u64, hot: u64) -> anyhow::Result<Restart> {
+    let scratch = Scratch::new(ROW, &["probe"])?;
+    let root = scratch.dir.path().to_path_buf();
+    let populated = run_child(
+        "reminders-populate",
+        opts.quick,
+        &phase_args(&root, stored, hot),
+    )?;
+    progress(
+        ROW,
+        format!(
+            "populated in {:.1}s; restarting on them",
+            populated["seconds"].as_f64().unwrap_or(0.0)
+        ),
+    );
+    let restart = run_child("reminders-restart", opts.quick, &phase_args(&root, 0, 0))?;
+    Ok(restart_of(&restart))
 }
 
 fn phase_args(root: &Path, stored: u64, hot: u64) -> Vec<String> {
