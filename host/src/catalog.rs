@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,7 +35,9 @@ struct Directory {
 }
 
 pub struct Catalog {
-    directory: Mutex<Directory>,
+    /// Read-locked by every call that finds its grain active (the common case), so calls
+    /// to different grains do not queue on one another; changes take the write lock.
+    directory: RwLock<Directory>,
     started: Instant,
     max_activations: usize,
     /// Hard bound including deactivating activations: the instance pool's size.
@@ -65,7 +67,7 @@ impl Catalog {
     ) -> Self {
         Self {
             gauge,
-            directory: Mutex::new(Directory::default()),
+            directory: RwLock::new(Directory::default()),
             started: Instant::now(),
             max_activations: max_activations as usize,
             max_entries: max_entries as usize,
@@ -105,11 +107,14 @@ impl Catalog {
     /// between lookup and enqueue.
     fn entry_for(&self, silo: &Arc<Silo>, target: &GrainId) -> Result<Entry, CallError> {
         let now = self.now_ms();
-        let mut dir = self.lock();
+        // `pending` is counted under a lock, so an activation deciding under the write
+        // lock that it is idle (`begin_idle_deactivation`) sees every call that found it.
+        if let Some(entry) = self.read().entries.get(target) {
+            return Ok(claim(entry, now));
+        }
+        let mut dir = self.write();
         if let Some(entry) = dir.entries.get(target) {
-            entry.info.pending.fetch_add(1, Ordering::AcqRel);
-            entry.info.last_active.store(now, Ordering::Relaxed);
-            return Ok(entry.clone());
+            return Ok(claim(entry, now));
         }
         let kind = silo
             .kinds
@@ -180,7 +185,7 @@ impl Catalog {
     /// Called by an activation whose idle timeout expired: it may go only if nothing was
     /// enqueued meanwhile.
     pub fn begin_idle_deactivation(&self, info: &ActivationInfo) -> bool {
-        let mut dir = self.lock();
+        let mut dir = self.write();
         if info.pending.load(Ordering::Acquire) != 0 {
             return false;
         }
@@ -198,7 +203,7 @@ impl Catalog {
     /// deactivate (`upgrade`); their next message activates the new version. Returns how
     /// many were asked.
     pub fn upgrade(&self, kind: &str, version: &str) -> usize {
-        let mut dir = self.lock();
+        let mut dir = self.write();
         let ids: Vec<GrainId> = dir
             .entries
             .values()
@@ -214,7 +219,7 @@ impl Catalog {
     /// Marks every activation as deactivating and returns them, so the drain can ask them
     /// to go in waves of bounded size.
     pub fn begin_drain(&self) -> Vec<Arc<ActivationInfo>> {
-        let mut dir = self.lock();
+        let mut dir = self.write();
         let dir = &mut *dir;
         let mut infos = Vec::with_capacity(dir.entries.len());
         for entry in dir.entries.values_mut() {
@@ -229,7 +234,7 @@ impl Catalog {
 
     /// Unregisters a finished activation (only if it is still the registered one).
     pub fn remove(&self, info: &ActivationInfo) -> usize {
-        let mut dir = self.lock();
+        let mut dir = self.write();
         let registered = dir
             .entries
             .get(&info.id)
@@ -245,7 +250,7 @@ impl Catalog {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.read().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -254,7 +259,7 @@ impl Catalog {
 
     pub fn summaries(&self) -> Vec<ActivationSummary> {
         let now = self.now_ms();
-        let dir = self.lock();
+        let dir = self.read();
         let mut out: Vec<_> = dir
             .entries
             .values()
@@ -275,9 +280,20 @@ impl Catalog {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn lock(&self) -> MutexGuard<'_, Directory> {
-        // Nothing panics while holding the directory lock, so poisoning cannot happen;
-        // recover the data regardless rather than cascading a panic.
-        self.directory.lock().unwrap_or_else(|e| e.into_inner())
+    // Nothing panics while holding the directory lock, so poisoning cannot happen;
+    // recover the data regardless rather than cascading a panic.
+    fn read(&self) -> RwLockReadGuard<'_, Directory> {
+        self.directory.read().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.directory.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The entry of an active grain, with the call that found it counted as pending.
+fn claim(entry: &Entry, now_ms: u64) -> Entry {
+    entry.info.pending.fetch_add(1, Ordering::AcqRel);
+    entry.info.last_active.store(now_ms, Ordering::Relaxed);
+    entry.clone()
 }
