@@ -333,7 +333,7 @@ fn open_storage(config: &Config, metrics: &Metrics) -> anyhow::Result<SledStorag
             metrics.flush_seconds.clone(),
         ) {
             Ok(storage) => return Ok(storage),
-            Err(StorageError::Transient(reason)) if started.elapsed() < give_up => {
+            Err(StorageError::Locked(reason)) if started.elapsed() < give_up => {
                 tracing::warn!(
                     %reason,
                     waited_ms = started.elapsed().as_millis() as u64,

@@ -97,6 +97,10 @@ pub enum StorageError {
     /// The write may succeed later (I/O error, disk full): the turn fails unacknowledged.
     #[error("storage temporarily unavailable: {0}")]
     Transient(String),
+    /// Another process holds the store: worth waiting for at start-up (a previous silo
+    /// may still be draining), unlike any other error opening it.
+    #[error("storage temporarily unavailable: {0}")]
+    Locked(String),
     /// The data cannot be used as it is (corruption, newer format, foreign files).
     #[error("storage unusable: {0}")]
     Fatal(String),

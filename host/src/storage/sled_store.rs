@@ -134,8 +134,11 @@ impl SledStorage {
         match (&opened, copy) {
             (Ok(_), Some(copy)) => copy.discard()?,
             (Err(StorageError::Fatal(_)), Some(copy)) => copy.restore()?,
-            // Nothing was opened (the lock is held elsewhere): the store was not touched.
-            (Err(StorageError::Transient(_)), Some(copy)) => copy.discard()?,
+            // Nothing was opened (the lock is held elsewhere, or reading the watermark
+            // failed): the store was not touched.
+            (Err(StorageError::Locked(_) | StorageError::Transient(_)), Some(copy)) => {
+                copy.discard()?
+            }
             (_, None) => {}
         }
         let (db, commits) = opened?;
@@ -197,7 +200,7 @@ fn open_checked(dir: &Path, marker: Marker) -> Result<(sled::Db, u64), StorageEr
 }
 
 fn locked(dir: &Path, detail: impl std::fmt::Display) -> StorageError {
-    StorageError::Transient(format!(
+    StorageError::Locked(format!(
         "{} is locked by another process (is a previous silo still running?): {detail}",
         dir.display()
     ))

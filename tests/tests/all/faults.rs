@@ -409,6 +409,30 @@ async fn a_store_with_a_destroyed_log_is_refused() {
     }
 }
 
+/// Only another process holding the store is worth waiting for: any other error opening
+/// it (here the watermark cannot be read) fails at once, naming its cause, instead of
+/// being reported as a lock for `lock_wait_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_watermark_fails_at_once_and_is_not_called_a_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    data_dir_with_state(&data).await;
+    let watermark = data.join("db.watermark");
+    std::fs::remove_file(&watermark).unwrap();
+    std::fs::create_dir(&watermark).unwrap();
+    let log = serve_must_refuse(&data);
+    assert!(log.contains("db.watermark"), "{log}");
+    assert!(!log.contains("locked"), "{log}");
+    let waited: u64 = log
+        .split("(waited ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wait figure in the error:\n{log}"));
+    // serve_must_refuse allows a 2 s lock wait; nothing of it was spent.
+    assert!(waited < 1_000, "{log}");
+}
+
 /// A damaged store must be left as it was found, for an operator (or a recovery tool) to
 /// inspect: sled rewrites a damaged log when it opens it, so the silo copies the store
 /// before sled opens it and puts the copy back when it refuses.
