@@ -155,6 +155,16 @@ pub async fn post(
     (status, r.text().await.unwrap_or_default())
 }
 
+/// `GET base + path`: status and body.
+pub async fn http_get(client: &reqwest::Client, base: &str, path: &str) -> (u16, String) {
+    let r = client
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("request");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
 /// The `error` code of a JSON error answer (empty when the body is not one).
 pub fn error_code(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use granary_tests::{
-    ChildSilo, grains_dir, ledger_fund, ledger_total_settled, post, spawn_transfers,
+    ChildSilo, grains_dir, http_get, ledger_fund, ledger_total_settled, post, spawn_transfers,
     start_tick_reminders,
 };
 
@@ -139,14 +139,12 @@ async fn reminder_ticks_apply_exactly_once_across_kill_9() {
             state.get("reminder_gaps").is_none(),
             "a tick was lost: {state}"
         );
-        let listed = http
-            .get(format!("{}/v1/grains/probe/r{g}/reminders", silo.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, listed) = http_get(
+            &http,
+            &silo.base,
+            &format!("/v1/grains/probe/r{g}/reminders"),
+        )
+        .await;
         missed_reported |= listed.contains("\"ok\":true");
     }
     assert!(missed_reported);

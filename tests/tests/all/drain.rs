@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use granary::GrainId;
 use granary::storage::{SledStorage, Storage};
-use granary_tests::{ChildSilo, grains_dir, post};
+use granary_tests::{ChildSilo, grains_dir, http_get, post};
 
 const PROBES: usize = 800;
 const WORKERS: usize = 200;
@@ -158,14 +158,7 @@ async fn eviction_drill() {
     eprintln!("restart to ready: {:?}", restarted.elapsed());
     let mut active_workers = 0;
     for _ in 0..100 {
-        let body = http
-            .get(format!("{}/v1/grains", silo.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, body) = http_get(&http, &silo.base, "/v1/grains").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         active_workers = v["activations"]
             .as_array()

@@ -16,7 +16,7 @@ use granary::GrainId;
 use granary::reminders::{MissedPolicy, ReminderChange, ReminderRecord, Schedule, TickOutcome};
 use granary::storage::{OutboxEntry, StateChange, Storage, TurnCommit};
 use granary_tests::{
-    ChildSilo, TestSilo, error_code, grains_dir, granary_bin, post, shared_cache_dir,
+    ChildSilo, TestSilo, error_code, grains_dir, granary_bin, http_get, post, shared_cache_dir,
 };
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -111,11 +111,6 @@ async fn corrupt_compile_cache_entries_are_recompiled() {
         assert_ne!(now, broken, "{} was not rewritten", entry.display());
         assert_eq!(Sha256::digest(&now[32..]).as_slice(), &now[..32]);
     }
-}
-
-async fn http_get(http: &reqwest::Client, base: &str, path: &str) -> (u16, String) {
-    let r = http.get(format!("{base}{path}")).send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 // ---------------------------------------------------------------------------------------
