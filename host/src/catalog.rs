@@ -1,5 +1,6 @@
 //! The catalog: the directory of activations. It places each message onto the grain's
-//! activation (creating one on first use), bounds the number of live activations (least
+//! activation (creating one on first use): run by the caller when the activation is idle,
+//! else queued in its mailbox. It bounds the number of live activations (least
 //! recently used idle ones are evicted; if none can go the call is refused as overloaded),
 //! and keeps a deactivating activation registered until its last commit, so its successor
 //! never starts from stale state.
@@ -7,13 +8,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::activation::{Activation, ActivationInfo, DeactivationReason};
+use crate::activation::{self, Activation, ActivationInfo, DeactivationReason, SharedActivation};
 use crate::grain_id::GrainId;
 use crate::message::{CallError, Message};
 use crate::silo::Silo;
@@ -21,6 +22,9 @@ use crate::silo::Silo;
 #[derive(Clone)]
 struct Entry {
     mailbox: mpsc::Sender<Message>,
+    /// The activation behind its turn lock: a caller that takes the lock runs its turn
+    /// itself.
+    activation: SharedActivation,
     info: Arc<ActivationInfo>,
     /// Set once deactivation was requested or begun; such an entry takes no new messages
     /// and does not count against `max_activations`.
@@ -75,8 +79,11 @@ impl Catalog {
         }
     }
 
-    /// Puts `message` into the grain's mailbox, activating the grain if needed. When the
-    /// grain is still deactivating, waits (until `deadline`) for it to finish first.
+    /// Runs `message` as a turn of the grain, activating the grain if needed: in the
+    /// caller's task when the activation is idle and the message comes from outside the
+    /// guests, otherwise through the activation's mailbox. When the grain is still
+    /// deactivating, waits (until `deadline`) for it to finish first. Either way the
+    /// answer goes to the message's reply channel.
     pub async fn place(
         &self,
         silo: &Arc<Silo>,
@@ -86,6 +93,10 @@ impl Catalog {
     ) -> Result<(), CallError> {
         loop {
             let entry = self.entry_for(silo, target)?;
+            if let Some(activation) = idle_activation(&entry, &message) {
+                activation::run_inline(silo.clone(), activation, message).await;
+                return Ok(());
+            }
             match entry.mailbox.try_send(message) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Full(_)) => {
@@ -135,13 +146,14 @@ impl Catalog {
         let (mailbox, rx) = mpsc::channel(self.mailbox_capacity);
         let entry = Entry {
             mailbox,
+            activation: Activation::new(silo.clone(), info.clone(), kind),
             info: info.clone(),
             deactivating: false,
         };
         dir.entries.insert(target.clone(), entry.clone());
         self.gauge.set(dir.entries.len() as i64);
         drop(dir);
-        Activation::spawn(silo.clone(), info, kind, rx);
+        activation::spawn(silo.clone(), entry.activation.clone(), info, rx);
         Ok(entry)
     }
 
@@ -276,6 +288,11 @@ impl Catalog {
         out
     }
 
+    /// When a call last found the activation (its turn may have run in the caller's task).
+    pub fn last_active_at(&self, info: &ActivationInfo) -> Instant {
+        self.started + Duration::from_millis(info.last_active.load(Ordering::Relaxed))
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -289,6 +306,20 @@ impl Catalog {
     fn write(&self) -> RwLockWriteGuard<'_, Directory> {
         self.directory.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The activation's turn lock, when the caller may run `message` itself: it comes from
+/// outside the guests (a guest's call runs on its fiber's small stack), nothing is queued
+/// ahead of it, and the activation's task has not closed it.
+fn idle_activation(
+    entry: &Entry,
+    message: &Message,
+) -> Option<tokio::sync::OwnedMutexGuard<Activation>> {
+    if message.is_from_guest() || entry.mailbox.capacity() < entry.mailbox.max_capacity() {
+        return None;
+    }
+    let activation = entry.activation.clone().try_lock_owned().ok()?;
+    activation.is_open().then_some(activation)
 }
 
 /// The entry of an active grain, with the call that found it counted as pending.

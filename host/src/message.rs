@@ -17,6 +17,16 @@ pub enum Message {
     Reminder(Box<ReminderDue>),
 }
 
+impl Message {
+    /// A call made by a running guest (its chain names the caller).
+    pub fn is_from_guest(&self) -> bool {
+        match self {
+            Message::Call(call) => !call.chain.is_empty(),
+            Message::Reminder(_) => false,
+        }
+    }
+}
+
 /// A reminder tick to run.
 pub struct ReminderDue {
     pub due: DueReminder,
@@ -45,6 +55,10 @@ pub struct CallChain(Option<Arc<Vec<GrainId>>>);
 impl CallChain {
     fn ids(&self) -> &[GrainId] {
         self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids().is_empty()
     }
 
     pub fn contains(&self, id: &GrainId) -> bool {

@@ -160,11 +160,7 @@ impl Silo {
         self.catalog
             .place(self, &due.grain, message, deadline)
             .await?;
-        match tokio::time::timeout_at(deadline.into(), replied).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(CallError::Draining),
-            Err(_) => Err(CallError::Deadline),
-        }
+        reply_of(replied, deadline).await
     }
 
     async fn call_inner(
@@ -196,12 +192,23 @@ impl Silo {
             reply,
         }));
         self.catalog.place(self, target, message, deadline).await?;
-        match tokio::time::timeout_at(deadline.into(), replied).await {
-            Ok(Ok(result)) => result,
-            // The activation dropped the call without answering: it was interrupted.
-            Ok(Err(_)) => Err(CallError::Draining),
-            Err(_) => Err(CallError::Deadline),
-        }
+        reply_of(replied, deadline).await
+    }
+}
+
+/// The answer to a placed message: already there when its turn ran in the caller's task.
+async fn reply_of<T>(
+    mut replied: oneshot::Receiver<Result<T, CallError>>,
+    deadline: Instant,
+) -> Result<T, CallError> {
+    if let Ok(result) = replied.try_recv() {
+        return result;
+    }
+    match tokio::time::timeout_at(deadline.into(), replied).await {
+        Ok(Ok(result)) => result,
+        // The activation dropped the message without answering: it was interrupted.
+        Ok(Err(_)) => Err(CallError::Draining),
+        Err(_) => Err(CallError::Deadline),
     }
 }
 

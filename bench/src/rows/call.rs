@@ -72,7 +72,8 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
         .ratio_target(Op::AtMost, 2.0, "cost ≤ 2× floor")
         .note(
             "Ours is `Silo::call` awaited in a loop by one tokio task: catalog lookup, \
-             mailbox, the activation's turn, oneshot reply, metrics",
+             the activation's turn lock, the turn run in the caller's task (the activation \
+             is idle), oneshot reply, metrics",
         ),
         Figure::new(
             "  in-process call p50",

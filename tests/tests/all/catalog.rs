@@ -1,7 +1,7 @@
 //! Activation lifecycle: idle deactivation, reactivation from committed state, LRU
 //! eviction at `max_activations`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use granary_tests::TestSilo;
 
@@ -103,5 +103,26 @@ async fn a_full_silo_with_no_idle_activation_refuses_with_overloaded() {
     let body = response.text().await.unwrap();
     assert!(body.contains("overloaded"), "{body}");
     assert_eq!(busy.await.unwrap().0, 200);
+    silo.shutdown().await;
+}
+
+/// A call to an idle activation runs its turn in the caller's task. A caller that goes
+/// away mid-turn (here a timeout drops its future) must not cut the turn short: the turn
+/// finishes and commits, and the next call, queued behind it, sees its write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_finishes_when_its_caller_goes_away() {
+    let silo = TestSilo::start().await;
+    assert_eq!(silo.call("probe/gone", "set", "1").await, (200, "1".into()));
+    let call = silo.silo.call(
+        granary::GrainId::parse("probe", "gone").unwrap(),
+        "set_slowly".to_owned(),
+        br#"{"value":9,"ms":400}"#.to_vec(),
+        granary::message::CallChain::default(),
+        Instant::now() + Duration::from_secs(10),
+    );
+    let abandoned = tokio::time::timeout(Duration::from_millis(100), call).await;
+    assert!(abandoned.is_err(), "the slow turn answered within 100 ms");
+    assert_eq!(silo.call("probe/gone", "get", "").await, (200, "9".into()));
+    assert_eq!(silo.stored_probe("gone")["value"], 9);
     silo.shutdown().await;
 }

@@ -77,6 +77,15 @@ pub struct SendArgs {
     pub value: u64,
 }
 
+/// The argument of `set_slowly`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SlowSetArgs {
+    /// The value to set.
+    pub value: u64,
+    /// Milliseconds to busy-wait before setting it.
+    pub ms: u64,
+}
+
 /// The argument of `start_timer` and `start_reminder`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScheduleArgs {
@@ -174,6 +183,13 @@ impl Probe {
             }
             black_box(elapsed);
         }
+    }
+
+    /// Busy-waits `ms` milliseconds, then sets the value: a write turn that takes a while.
+    pub fn set_slowly(&mut self, ctx: &mut Ctx, args: SlowSetArgs) -> u64 {
+        self.sleep_ms(ctx, args.ms);
+        self.value = args.value;
+        self.value
     }
 
     /// Allocates `mib` MiB, touches every byte, and returns the length in bytes.

@@ -1,104 +1,27 @@
-//! One grain's activation: a tokio task that owns the grain's `Store` and runs one turn
-//! at a time from a bounded mailbox.
-//!
-//! A turn that returns `ok` has its staged effects committed in one batch, and its caller
-//! is answered only once that batch is durable. A turn that returns `err`, traps or
-//! overruns its deadline commits nothing, and the instance is dropped (its memory may no
-//! longer match committed state); the next message reactivates from committed state.
+//! [`Activation`]: a grain's live instance and one turn of each kind (call, reminder
+//! tick, timer tick, deactivation), with commit-then-reply and discard-on-failure.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 use tracing::Instrument;
 use wasmtime::{Store, UpdateDeadline};
 
+use super::{ActivationInfo, DeactivationReason};
 use crate::drain::Lifecycle;
 use crate::grain_id::GrainId;
 use crate::message::{Call, CallChain, CallError, Message};
 use crate::reminders::{self, ReminderAdvance, ReminderChange, TickOutcome};
 use crate::runtime::bindings::Grain;
-use crate::runtime::bindings::types::{DeactivationReason as WitReason, ReminderTick as WitTick};
+use crate::runtime::bindings::types::ReminderTick as WitTick;
 use crate::runtime::host::now_ms;
 use crate::runtime::limits::MemoryLimitExceeded;
 use crate::runtime::{GrainHost, GrainKind, Turn, out_of_memory};
 use crate::silo::Silo;
 use crate::storage::{DueReminder, MessageId, TurnCommit};
-
-/// Why an activation ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum DeactivationReason {
-    Idle = 0,
-    Evicted = 1,
-    Drain = 2,
-    Upgrade = 3,
-}
-
-impl DeactivationReason {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Evicted,
-            2 => Self::Drain,
-            3 => Self::Upgrade,
-            _ => Self::Idle,
-        }
-    }
-
-    fn to_wit(self) -> WitReason {
-        match self {
-            Self::Idle => WitReason::Idle,
-            Self::Evicted => WitReason::Evicted,
-            Self::Drain => WitReason::Drain,
-            Self::Upgrade => WitReason::Upgrade,
-        }
-    }
-}
-
-/// What the catalog knows about an activation; shared with its task.
-pub struct ActivationInfo {
-    pub id: GrainId,
-    /// Tells this activation from a later one of the same grain.
-    pub generation: u64,
-    pub version: String,
-    /// Milliseconds since the catalog started; orders least-recently-used eviction.
-    pub last_active: AtomicU64,
-    /// Messages enqueued and not yet finished: an activation with none is idle.
-    pub pending: AtomicUsize,
-    /// Set (with `reason`) to ask the activation to deactivate after its current turn.
-    pub deactivate: CancellationToken,
-    reason: AtomicU8,
-    /// Cancelled once the activation has committed its last turn and left the catalog;
-    /// callers that found its mailbox closed wait on it before activating a successor.
-    pub stopped: CancellationToken,
-}
-
-impl ActivationInfo {
-    pub fn new(id: GrainId, generation: u64, version: String, now_ms: u64) -> Self {
-        Self {
-            id,
-            generation,
-            version,
-            last_active: AtomicU64::new(now_ms),
-            pending: AtomicUsize::new(0),
-            deactivate: CancellationToken::new(),
-            reason: AtomicU8::new(DeactivationReason::Idle as u8),
-            stopped: CancellationToken::new(),
-        }
-    }
-
-    pub fn request_deactivation(&self, reason: DeactivationReason) {
-        self.reason.store(reason as u8, Ordering::Relaxed);
-        self.deactivate.cancel();
-    }
-
-    fn reason(&self) -> DeactivationReason {
-        DeactivationReason::from_u8(self.reason.load(Ordering::Relaxed))
-    }
-}
 
 /// A live instance: the store and the bindings to its exports.
 struct Live {
@@ -112,7 +35,18 @@ pub struct Activation {
     kind: Arc<GrainKind>,
     live: Option<Live>,
     turn_timeout: Duration,
+    /// Set by the activation's task, under the lock, before it closes the mailbox and
+    /// deactivates: a caller that takes the lock afterwards must not run a turn here.
+    closed: bool,
+    /// Woken when a turn changed the timers, so the task re-arms its tick timer even when
+    /// the turn ran in a caller's task.
+    timers_changed: Arc<Notify>,
 }
+
+/// An activation behind its turn lock. Whoever holds the lock runs the next turn: the
+/// activation's own task (timer ticks, queued messages, deactivation) or, when the
+/// activation is idle, the caller itself, which saves two task switches per call.
+pub type SharedActivation = Arc<tokio::sync::Mutex<Activation>>;
 
 /// A trap raised by the epoch callback when a turn overruns its deadline.
 #[derive(Debug)]
@@ -127,102 +61,46 @@ impl std::fmt::Display for TurnDeadline {
 impl std::error::Error for TurnDeadline {}
 
 impl Activation {
-    pub fn spawn(
+    pub fn new(
         silo: Arc<Silo>,
         info: Arc<ActivationInfo>,
         kind: Arc<GrainKind>,
-        mailbox: mpsc::Receiver<Message>,
-    ) {
+    ) -> SharedActivation {
         let turn_timeout = silo.config.turn_timeout(&kind.name);
-        let activation = Self {
-            silo: silo.clone(),
+        Arc::new(tokio::sync::Mutex::new(Self {
+            silo,
             info,
             kind,
             live: None,
             turn_timeout,
-        };
-        silo.tasks.spawn(activation.run(mailbox));
+            closed: false,
+            timers_changed: Arc::new(Notify::new()),
+        }))
     }
 
-    async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
-        let idle = self.silo.config.idle_timeout();
-        // Held for the life of the task, so turns borrow it instead of cloning the Arc.
-        let silo = self.silo.clone();
-        let info = self.info.clone();
-        // Pinned once: a fresh `cancelled()` per iteration would register and unregister
-        // a waiter on every turn.
-        let deactivate = info.deactivate.cancelled();
-        // Two timers for the life of the activation, moved rather than recreated: the idle
-        // timer is only re-armed when it fires early (a turn ran since it was set).
-        let idle_timer = tokio::time::sleep(idle);
-        let tick_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(deactivate, idle_timer, tick_timer);
-        let mut last_turn = Instant::now();
-        let reason = loop {
-            // None once admission stopped; a tick already armed then runs no turn.
-            let timer_due = self.next_timer();
-            // A tick already due runs without a trip through the timer wheel (the branch
-            // order of the select below, deactivation first, still holds).
-            if let Some(due) = timer_due
-                && due <= Instant::now()
-                && !info.deactivate.is_cancelled()
-            {
-                self.timer_turn(&silo).await;
-                last_turn = Instant::now();
-                continue;
-            }
-            if let Some(due) = timer_due
-                && tick_timer.deadline() != due.into()
-            {
-                tick_timer.as_mut().reset(due.into());
-            }
-            tokio::select! {
-                biased;
-                _ = &mut deactivate => break info.reason(),
-                _ = &mut tick_timer, if timer_due.is_some() => {
-                    self.timer_turn(&silo).await;
-                    last_turn = Instant::now();
-                }
-                message = mailbox.recv() => match message {
-                    Some(message) => {
-                        self.turn(&silo, message).await;
-                        last_turn = Instant::now();
-                    }
-                    // The catalog holds a sender while the activation is registered.
-                    None => break DeactivationReason::Drain,
-                },
-                _ = &mut idle_timer => {
-                    let quiet_until = last_turn + idle;
-                    if Instant::now() < quiet_until {
-                        idle_timer.as_mut().reset(quiet_until.into());
-                    } else if self.silo.catalog.begin_idle_deactivation(&self.info) {
-                        break DeactivationReason::Idle;
-                    } else {
-                        idle_timer.as_mut().reset((Instant::now() + idle).into());
-                    }
-                }
-            }
-        };
-        // No new messages from here on; those already queued still get their turn.
-        mailbox.close();
-        while let Some(message) = mailbox.recv().await {
-            self.turn(&silo, message).await;
-        }
-        self.deactivate(reason).await;
-        self.silo.catalog.remove(&self.info);
-        self.info.stopped.cancel();
+    /// Whether a caller holding the lock may run a turn (the task has not closed it).
+    pub fn is_open(&self) -> bool {
+        !self.closed
     }
 
+    /// Called by the task, holding the lock, before it stops taking messages.
+    pub(super) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    pub(super) fn timers_changed(&self) -> Arc<Notify> {
+        self.timers_changed.clone()
+    }
     /// When the live instance's next timer is due; none while draining, so no tick starts
     /// once the drain began.
-    fn next_timer(&self) -> Option<Instant> {
+    pub(super) fn next_timer(&self) -> Option<Instant> {
         if !self.silo.lifecycle.is_admitting() {
             return None;
         }
         self.live.as_ref()?.store.data().timers.next_due()
     }
 
-    async fn timer_turn(&mut self, silo: &Silo) {
+    pub(super) async fn timer_turn(&mut self, silo: &Silo) {
         if !silo.lifecycle.is_admitting() {
             return;
         }
@@ -257,7 +135,7 @@ impl Activation {
         }
     }
 
-    async fn turn(&mut self, silo: &Silo, message: Message) {
+    pub(super) async fn turn(&mut self, silo: &Silo, message: Message) {
         let _running = silo.lifecycle.turn_started();
         match message {
             Message::Call(call) => {
@@ -426,6 +304,7 @@ impl Activation {
         );
         if !turn.timers.is_empty() {
             host.timers.apply(turn.timers, Instant::now());
+            self.timers_changed.notify_one();
         }
         let read_only = turn.state.is_none()
             && turn.sends.is_empty()
@@ -557,7 +436,7 @@ impl Activation {
         self.write(commit).await
     }
 
-    async fn deactivate(&mut self, reason: DeactivationReason) {
+    pub(super) async fn deactivate(&mut self, reason: DeactivationReason) {
         let Some(live) = self.live.as_mut() else {
             return;
         };
@@ -699,6 +578,6 @@ async fn guest<T>(
     .await
 }
 
-pub fn incident_id() -> String {
+fn incident_id() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
