@@ -36,18 +36,22 @@ async fn run(
     // timer is only re-armed when it fires early (a turn ran since it was set).
     let idle_timer = tokio::time::sleep(idle);
     let tick_timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(deactivate, idle_timer, tick_timer);
+    // Registered with the `Notify` once, not once per iteration.
+    let changed = timers_changed.notified();
+    tokio::pin!(deactivate, idle_timer, tick_timer, changed);
     let mut last_turn = Instant::now();
+    // When the next timer is due, as of the last turn this task ran or the last change a
+    // caller's turn announced. None once admission stopped: a tick already armed then
+    // runs no turn.
+    let mut timer_due = activation.lock().await.next_timer();
     let reason = loop {
-        // None once admission stopped; a tick already armed then runs no turn.
-        let timer_due = activation.lock().await.next_timer();
-        // A tick already due runs without a trip through the timer wheel (the branch
-        // order of the select below, deactivation first, still holds).
+        // A tick already due runs without a trip through the timer wheel (deactivation
+        // still goes first).
         if let Some(due) = timer_due
             && due <= Instant::now()
             && !info.deactivate.is_cancelled()
         {
-            activation.lock().await.timer_turn(&silo).await;
+            timer_due = run_tick(&activation, &silo).await;
             last_turn = Instant::now();
             continue;
         }
@@ -60,19 +64,24 @@ async fn run(
             biased;
             _ = &mut deactivate => break info.reason(),
             _ = &mut tick_timer, if timer_due.is_some() => {
-                activation.lock().await.timer_turn(&silo).await;
+                timer_due = run_tick(&activation, &silo).await;
                 last_turn = Instant::now();
             }
             message = mailbox.recv() => match message {
                 Some(message) => {
-                    activation.lock().await.turn(&silo, message).await;
+                    let mut turns = activation.lock().await;
+                    turns.turn(&silo, message).await;
+                    timer_due = turns.next_timer();
                     last_turn = Instant::now();
                 }
                 // The catalog holds a sender while the activation is registered.
                 None => break DeactivationReason::Drain,
             },
             // A turn run by a caller changed the timers: re-arm from them.
-            () = timers_changed.notified() => {}
+            () = &mut changed => {
+                changed.set(timers_changed.notified());
+                timer_due = activation.lock().await.next_timer();
+            }
             _ = &mut idle_timer => {
                 // Turns run by callers do not pass through this task; the catalog saw them.
                 let quiet_until = last_turn.max(silo.catalog.last_active_at(&info)) + idle;
@@ -99,4 +108,12 @@ async fn run(
     drop(activation);
     silo.catalog.remove(&info);
     info.stopped.cancel();
+}
+
+/// Runs one timer tick (if one is still due) and returns when the next is due, under one
+/// hold of the turn lock.
+async fn run_tick(activation: &SharedActivation, silo: &Silo) -> Option<Instant> {
+    let mut turns = activation.lock().await;
+    turns.timer_turn(silo).await;
+    turns.next_timer()
 }
