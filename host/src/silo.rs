@@ -18,7 +18,7 @@ use crate::message::{Call, CallChain, CallError, Message, ReminderDue};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::reminders::ReminderService;
-use crate::runtime::{KindError, Kinds, Runtime};
+use crate::runtime::{Allocation, KindError, Kinds, Runtime};
 use crate::storage::{
     DueReminder, Health, MessageId, OutboxEntry, SledStorage, Storage, StorageError,
 };
@@ -377,7 +377,10 @@ fn log_capacity(config: &Config, runtime: &Runtime) {
         max_activations = c.max_activations,
         instance_slots = c.instances,
         max_map_count = ?c.max_map_count,
-        memory_images = if c.copy_on_write { "shared" } else { "copied" },
+        allocation = match c.allocation {
+            Allocation::Pooled => "pooled, shared memory images",
+            Allocation::Arena => "arena memories, copied images",
+        },
         "activation capacity"
     );
     if c.limited_by_maps(config.max_activations) {

@@ -15,6 +15,7 @@ use crate::common::{
     progress, pss_kib, rss_breakdown, rss_kib, run_child,
 };
 use crate::report::{Better, Figure, Op};
+use granary::runtime::Allocation;
 
 const ROW: &str = "memory";
 
@@ -111,10 +112,10 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
          pages (copy-on-write memory images: {}) count once. By region of \
          /proc/self/smaps (RSS), per activation: {breakdown}. The raw floor's: \
          {raw_breakdown}",
-        if capacity.copy_on_write {
-            "shared"
-        } else {
-            "copied, as vm.max_map_count limits the activations"
+        match capacity.allocation {
+            Allocation::Pooled => "shared",
+            Allocation::Arena =>
+                "copied into arena memories, as vm.max_map_count limits the activations",
         }
     ));
     for note in notes {

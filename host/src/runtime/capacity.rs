@@ -2,23 +2,38 @@
 //!
 //! Every live instance costs a few memory mappings, and Linux stops a process at
 //! `vm.max_map_count` (65530 by default) with an mmap failure. The silo reads the limit at
-//! start-up and sizes its instance pool and `max_activations` below it, so that a busy silo
-//! evicts least-recently-used activations instead of failing.
+//! start-up and sizes `max_activations` below it, so that a busy silo evicts
+//! least-recently-used activations instead of failing; when the limit is what bounds the
+//! activations, linear memories come from one reserved region (`arena`) instead of the
+//! pool, which roughly triples how many fit.
 
-/// Mappings one live activation adds when its linear memory is initialised from a
-/// copy-on-write image: the image is mapped over the start of its pool slot, and the slot
-/// splits into accessible and inaccessible parts (measured: 4.00, 2026-11-23).
+/// Mappings one live activation adds in the pool when its linear memory is initialised
+/// from a copy-on-write image: the image is mapped over the start of its pool slot, and
+/// the slot splits into accessible and inaccessible parts (measured: 4.00, 2026-11-23).
 const MAPPINGS_WITH_IMAGES: u64 = 4;
-/// The same when the image is copied in: only the split (measured: 2.00).
-const MAPPINGS_WITH_COPIES: u64 = 2;
-/// Mappings each instance slot costs from start-up: its fiber stack and guard page (a
+/// Mappings each pool slot costs from start-up: its fiber stack and guard page (a
 /// `Store` keeps its stack between calls, so there is one per slot).
-pub const MAPPINGS_PER_SLOT: u64 = 2;
+const MAPPINGS_PER_SLOT: u64 = 2;
+/// Mappings one activation costs with arena memories: its fiber stack and guard page,
+/// mapped at its first call and unmapped with it; the memory itself adds none.
+const MAPPINGS_IN_ARENA: u64 = 2;
 /// Most headroom slots (for activations still deactivating).
 const MAX_HEADROOM: u64 = 1024;
 /// Mappings the rest of the process needs (code, heap, threads, sled), with a margin
 /// (measured: about 150 at start-up).
 const RESERVED_MAPPINGS: u64 = 2048;
+
+/// Where linear memories and fiber stacks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// The pooling allocator, memories initialised from shared copy-on-write images: the
+    /// least memory per activation (measured with 5,000 counters: 49.8 KiB proportional
+    /// set size against 65.8 KiB with copied images), at 6 mappings each.
+    Pooled,
+    /// Memories from one reserved region (`arena`), images copied in, stacks mapped per
+    /// activation: 2 mappings each, for when `vm.max_map_count` limits the activations.
+    Arena,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
@@ -26,14 +41,9 @@ pub struct Capacity {
     pub max_map_count: Option<u64>,
     /// Live activations the silo allows.
     pub max_activations: u32,
-    /// Pool slots: activations plus room for those still deactivating.
+    /// Instances: activations plus room for those still deactivating.
     pub instances: u32,
-    /// Whether linear memories start from shared copy-on-write images. They save memory
-    /// (measured with 5,000 counters: 49.8 KiB proportional set size per activation
-    /// against 65.8 KiB with copies, the image's read-only pages being shared) but cost
-    /// two more mappings each, so they are used unless `vm.max_map_count` is what limits
-    /// the activations; then copies fit about 50 % more.
-    pub copy_on_write: bool,
+    pub allocation: Allocation,
 }
 
 impl Capacity {
@@ -44,29 +54,38 @@ impl Capacity {
         Self::for_limit(configured, max_map_count)
     }
 
+    /// Memory first: pooled, unless the map count is what limits the activations.
     pub fn for_limit(configured: u32, max_map_count: Option<u64>) -> Self {
-        let with_images = allowed_by_maps(max_map_count, MAPPINGS_WITH_IMAGES);
-        let (max_activations, copy_on_write) = if configured <= with_images {
-            (configured, true)
-        } else {
-            let with_copies = allowed_by_maps(max_map_count, MAPPINGS_WITH_COPIES);
-            (configured.min(with_copies), false)
-        };
-        let headroom = (max_activations / 16).clamp(16, MAX_HEADROOM as u32);
+        let pooled = Self::pooled(configured, max_map_count);
+        if pooled.max_activations == configured {
+            return pooled;
+        }
+        let budget = max_map_count.map_or(u64::MAX, |m| m.saturating_sub(RESERVED_MAPPINGS));
+        let instances = (budget / MAPPINGS_IN_ARENA).min(u32::MAX as u64) as u32;
+        let max_activations = configured.min(instances.saturating_sub(headroom(instances)).max(64));
         Self {
             max_map_count,
             max_activations,
-            instances: max_activations.saturating_add(headroom),
-            copy_on_write,
+            instances: max_activations + headroom(max_activations),
+            allocation: Allocation::Arena,
         }
     }
 
-    /// Mappings one live activation adds with this plan.
-    pub fn mappings_per_activation(&self) -> u64 {
-        if self.copy_on_write {
-            MAPPINGS_WITH_IMAGES
-        } else {
-            MAPPINGS_WITH_COPIES
+    /// The pooled plan, also the fallback when the arena cannot be reserved.
+    pub fn pooled(configured: u32, max_map_count: Option<u64>) -> Self {
+        let allowed = max_map_count
+            .map(|m| {
+                let budget = m.saturating_sub(RESERVED_MAPPINGS + MAPPINGS_PER_SLOT * MAX_HEADROOM);
+                budget / (MAPPINGS_PER_SLOT + MAPPINGS_WITH_IMAGES)
+            })
+            .map(|n| n.clamp(64, u32::MAX as u64) as u32)
+            .unwrap_or(u32::MAX);
+        let max_activations = configured.min(allowed);
+        Self {
+            max_map_count,
+            max_activations,
+            instances: max_activations.saturating_add(headroom(max_activations)),
+            allocation: Allocation::Pooled,
         }
     }
 
@@ -76,16 +95,9 @@ impl Capacity {
     }
 }
 
-/// Live activations `max_map_count` allows when each costs `per_activation` mappings:
-/// max_map_count >= reserved + per_slot * (live + headroom) + per_activation * live.
-fn allowed_by_maps(max_map_count: Option<u64>, per_activation: u64) -> u32 {
-    max_map_count
-        .map(|m| {
-            let budget = m.saturating_sub(RESERVED_MAPPINGS + MAPPINGS_PER_SLOT * MAX_HEADROOM);
-            budget / (MAPPINGS_PER_SLOT + per_activation)
-        })
-        .map(|n| n.clamp(64, u32::MAX as u64) as u32)
-        .unwrap_or(u32::MAX)
+/// Room for activations still deactivating.
+fn headroom(activations: u32) -> u32 {
+    (activations / 16).clamp(16, MAX_HEADROOM as u32)
 }
 
 /// Whether `e` is the kernel refusing memory (ENOMEM): out of memory, or out of mappings
@@ -112,31 +124,47 @@ mod tests {
     }
 
     fn worst_case_mappings(c: &Capacity) -> u64 {
+        let instances = u64::from(c.instances);
         RESERVED_MAPPINGS
-            + MAPPINGS_PER_SLOT * u64::from(c.instances)
-            + c.mappings_per_activation() * u64::from(c.max_activations)
+            + match c.allocation {
+                Allocation::Pooled => {
+                    MAPPINGS_PER_SLOT * instances
+                        + MAPPINGS_WITH_IMAGES * u64::from(c.max_activations)
+                }
+                Allocation::Arena => MAPPINGS_IN_ARENA * instances,
+            }
     }
 
     #[test]
-    fn default_map_count_lowers_the_limit_and_copies_images_to_fit_more() {
+    fn default_map_count_takes_memories_from_the_arena_to_fit_more() {
         let c = Capacity::for_limit(100_000, Some(65_530));
         assert!(c.limited_by_maps(100_000));
-        assert!(!c.copy_on_write, "{c:?}");
+        assert_eq!(c.allocation, Allocation::Arena, "{c:?}");
         assert!(c.instances > c.max_activations);
         assert!(worst_case_mappings(&c) <= 65_530, "{c:?}");
-        assert!(c.max_activations > 15_000, "{c:?}");
+        assert!(c.max_activations >= 30_000, "{c:?}");
     }
 
     #[test]
-    fn copy_on_write_images_when_the_map_count_is_not_the_limit() {
+    fn pooled_with_images_when_the_map_count_is_not_the_limit() {
         for (configured, limit) in [(10_000, 65_530), (100_000, 1 << 20)] {
             let c = Capacity::for_limit(configured, Some(limit));
-            assert!(c.copy_on_write, "{c:?}");
+            assert_eq!(c.allocation, Allocation::Pooled, "{c:?}");
             assert_eq!(c.max_activations, configured);
             assert!(worst_case_mappings(&c) <= limit, "{c:?}");
         }
         // Unknown limit (not Linux): nothing to fit, memory first.
-        assert!(Capacity::for_limit(100_000, None).copy_on_write);
+        assert_eq!(
+            Capacity::for_limit(100_000, None).allocation,
+            Allocation::Pooled
+        );
+    }
+
+    #[test]
+    fn the_pooled_fallback_stays_under_the_map_count() {
+        let c = Capacity::pooled(100_000, Some(65_530));
+        assert!(worst_case_mappings(&c) <= 65_530, "{c:?}");
+        assert!(c.max_activations > 9_000, "{c:?}");
     }
 
     #[test]

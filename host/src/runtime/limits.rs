@@ -9,7 +9,7 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Core instances, tables and memories in one component instance.
 const MAX_INSTANCES: usize = 16;
 const MAX_TABLES: usize = 16;
-const MAX_MEMORIES: usize = 2;
+pub const MAX_MEMORIES: usize = 2;
 
 /// The trap raised when a guest asks for more linear memory than its limit.
 #[derive(Debug)]

@@ -1,10 +1,11 @@
 //! The wasmtime side of the silo: one `Engine` (component model, async, epoch
-//! interruption, pooling allocator), the `Linker` with WASI and the grain host interfaces,
+//! interruption, pooling allocator or arena memories as the capacity plan says), the `Linker` with WASI and the grain host interfaces,
 //! the kinds loaded from the grains directory, and the per-activation store data.
 //!
 //! Errors: wasmtime's own `Result` is a trap or a host bug; what the guest sees is the
 //! inner WIT result. `?` turns wasmtime errors into `anyhow` for plumbing.
 
+mod arena;
 pub mod bindings;
 mod cache;
 mod capacity;
@@ -20,7 +21,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use capacity::{Capacity, out_of_memory};
+pub use capacity::{Allocation, Capacity, out_of_memory};
 pub use host::{GrainHost, Turn};
 pub use kinds::{GrainKind, KindError, Kinds};
 
@@ -45,8 +46,22 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let capacity = Capacity::plan(config.max_activations);
-        let engine = Engine::new(&engine_config(config, &capacity)).context("creating engine")?;
+        let mut capacity = Capacity::plan(config.max_activations);
+        let mut engine_config = engine_config(config, &capacity);
+        if capacity.allocation == Allocation::Arena {
+            let slots = capacity.instances as usize * limits::MAX_MEMORIES;
+            match arena::MemoryArena::reserve(slots, memory_max(config)) {
+                Ok(arena) => {
+                    engine_config.with_host_memory(Arc::new(arena));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reserve address space for the memory arena; pooled instances instead, fewer of them");
+                    capacity = Capacity::pooled(config.max_activations, capacity.max_map_count);
+                    engine_config = self::engine_config(config, &capacity);
+                }
+            }
+        }
+        let engine = Engine::new(&engine_config).context("creating engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
         bindings::Grain::add_to_linker::<_, HasSelf<_>>(&mut linker, |host| host)
@@ -74,22 +89,30 @@ fn engine_config(config: &Config, capacity: &Capacity) -> wasmtime::Config {
     c.epoch_interruption(true);
     // Measured: the concurrency machinery makes plain component calls 2-5x slower.
     c.concurrency_support(false);
-    // Shared images save memory, copies save mappings: see `Capacity::copy_on_write`.
-    c.memory_init_cow(capacity.copy_on_write);
     c.async_stack_size(ASYNC_STACK_SIZE);
     c.max_wasm_stack(MAX_WASM_STACK);
+    c.memory_reservation_for_growth(0);
+    match capacity.allocation {
+        Allocation::Pooled => pooled(&mut c, memory_max(config), capacity.instances),
+        Allocation::Arena => {
+            // Arena memories (set by the caller) are slices of one read-write mapping:
+            // no reservation and no guard region, so compiled code checks each access
+            // against the memory's length; images are copied in.
+            c.memory_reservation(0);
+            c.memory_guard_size(0);
+            c.memory_init_cow(false);
+            c.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+        }
+    }
+    c
+}
+
+fn pooled(c: &mut wasmtime::Config, memory_max: usize, slots: u32) {
+    c.memory_init_cow(true);
     // A small reservation per memory (instead of 4 GiB) lets 100k slots fit in the address
     // space; the price is explicit bounds checks.
-    let memory_max = config
-        .kinds
-        .values()
-        .filter_map(|k| k.memory_limit_bytes)
-        .fold(config.memory_limit_bytes, usize::max);
     c.memory_reservation(memory_max as u64);
     c.memory_guard_size(64 << 10);
-    c.memory_reservation_for_growth(0);
-
-    let slots = capacity.instances;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
         .total_memories(slots)
@@ -103,7 +126,15 @@ fn engine_config(config: &Config, capacity: &Capacity) -> wasmtime::Config {
         .total_stacks(slots)
         .linear_memory_keep_resident(0);
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    c
+}
+
+/// The largest memory limit of any kind: the size of a memory slot.
+fn memory_max(config: &Config) -> usize {
+    config
+        .kinds
+        .values()
+        .filter_map(|k| k.memory_limit_bytes)
+        .fold(config.memory_limit_bytes, usize::max)
 }
 
 fn spawn_epoch_ticker(engine: Engine, ticking: Arc<AtomicBool>) {

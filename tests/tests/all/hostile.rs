@@ -693,11 +693,32 @@ const HOSTILE_WAT: &str = include_str!("hostile.wat");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pointers_in_canonical_abi_calls() {
+    // Few activations: the pooling allocator, whose memories end in inaccessible pages.
+    bad_pointers_under(&[("GRANARY_MAX_ACTIVATIONS", "1000")], "pooled").await;
+}
+
+/// The same attacks on a silo whose memories are slices of one read-write region (what
+/// a silo plans when `vm.max_map_count` limits its activations): nothing there faults, so
+/// every bound must be checked, by the host and by the compiled guest code alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pointers_in_canonical_abi_calls_with_arena_memories() {
+    let map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count").unwrap();
+    let env = [
+        // More activations than pooled instances could map: the silo takes the arena.
+        ("GRANARY_MAX_ACTIVATIONS", map_count.trim()),
+        ("GRANARY_MEMORY_LIMIT_BYTES", "16777216"),
+    ];
+    bad_pointers_under(&env, "arena memories").await;
+}
+
+/// Runs every attack of the WAT fixture in a `granary serve` started with `env`, whose
+/// log must name `allocation` in its capacity line.
+async fn bad_pointers_under(env: &[(&str, &str)], allocation: &str) {
     let grains = grains_dir(&["counter"]);
     let wasm = wat::parse_str(HOSTILE_WAT).expect("the WAT fixture parses");
     std::fs::write(grains.path().join("hostile.wasm"), wasm).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let silo = ChildSilo::spawn(grains.path(), &data.path().join("data"), &[]);
+    let silo = ChildSilo::spawn(grains.path(), &data.path().join("data"), env);
     let http = reqwest::Client::new();
     let call = |target: &'static str, method: &'static str| {
         let (http, base) = (http.clone(), silo.base.clone());
@@ -710,7 +731,9 @@ async fn bad_pointers_in_canonical_abi_calls() {
     // The control cases: the fixture loads, and works when it behaves.
     assert_eq!(call("hostile/h", "fine").await, (200, "".into()));
     assert_eq!(call("hostile/h", "valid_log").await, (200, "".into()));
+    assert_eq!(call("hostile/h", "edge").await, (200, "".into()));
     let cases = [
+        ("past_end", "out of bounds memory access"),
         ("oob_log", "string pointer/length out of bounds of memory"),
         ("wrap_log", "string pointer/length out of bounds of memory"),
         ("utf8_log", "invalid utf-8"),
@@ -730,6 +753,11 @@ async fn bad_pointers_in_canonical_abi_calls() {
     }
     assert_eq!(call("counter/neighbour", "get").await, (200, "1".into()));
     let log = silo.log_text();
+    let capacity = log
+        .lines()
+        .find(|l| l.contains("activation capacity"))
+        .unwrap_or_else(|| panic!("no capacity line in the log:\n{log}"));
+    assert!(capacity.contains(allocation), "{capacity}");
     assert!(
         !log.contains('\u{1b}'),
         "a log written to a file carries escape sequences"

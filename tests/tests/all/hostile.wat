@@ -9,6 +9,8 @@
 ;;   huge_state    state.state-write with a 2 GiB list
 ;;   retptr_state  state.state-write with valid bytes but a return area outside memory
 ;;   valid_log     context.log with a proper line (the control case)
+;;   past_end      the guest itself loads the byte just past the end of its memory
+;;   edge          the guest loads the last byte of its memory (the control case)
 ;;   anything else returns an empty `ok`
 ;;
 ;; The types are imported from granary:grain/types@0.1.0 and re-imported by name for the
@@ -102,6 +104,12 @@
       ;; 'h': a 2 GiB list starting at 0
       (if (i32.eq (local.get $first) (i32.const 104))
         (then (call $state-write (i32.const 0) (i32.const 0x7fffffff) (i32.const 32))))
+      ;; 'p': a load one byte past the end of linear memory, which must trap
+      (if (i32.eq (local.get $first) (i32.const 112))
+        (then (drop (i32.load8_u (i32.mul (memory.size) (i32.const 65536))))))
+      ;; 'e': a load of the last byte of linear memory, which must not
+      (if (i32.eq (local.get $first) (i32.const 101))
+        (then (drop (i32.load8_u (i32.sub (i32.mul (memory.size) (i32.const 65536)) (i32.const 1))))))
       ;; 'r': valid bytes, but the result must be written outside memory
       (if (i32.eq (local.get $first) (i32.const 114))
         (then (call $state-write (i32.const 80) (i32.const 14) (i32.const 0x7ffffff0))))
