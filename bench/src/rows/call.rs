@@ -10,6 +10,8 @@ use crate::report::{Better, Figure, Op};
 
 const ROW: &str = "call";
 const PAYLOAD: &[u8] = b"null";
+/// Slices per side; ours and the floor take turns.
+const SLICES: u32 = 20;
 
 pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
     let scratch = Scratch::new(ROW, &["counter"])?;
@@ -17,25 +19,14 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
     let measure = opts.secs(1.5, 8.0);
     let warm = Duration::from_millis(300);
 
-    progress(ROW, format!("ours: Silo::call counter get for {measure:?}"));
-    let reply = call(&silo, "counter", "bench", "get", PAYLOAD).await?;
-    let warm_until = Instant::now() + warm;
-    while Instant::now() < warm_until {
-        call(&silo, "counter", "bench", "get", PAYLOAD).await?;
-    }
-    let mut ours = Latencies::default();
-    let started = Instant::now();
-    while started.elapsed() < measure {
-        let t = Instant::now();
-        call(&silo, "counter", "bench", "get", PAYLOAD).await?;
-        ours.push(t);
-    }
-    let ours_rate = ours.0.len() as f64 / started.elapsed().as_secs_f64();
-
     progress(
         ROW,
-        format!("floor: raw handle(get) on one instance for {measure:?}"),
+        format!(
+            "ours (Silo::call counter get) and the floor (raw handle(get) on one instance), \
+             alternating in {SLICES} slices each, {measure:?} per side"
+        ),
     );
+    let reply = call(&silo, "counter", "bench", "get", PAYLOAD).await?;
     let mut raw = Raw::new(&silo, "counter", "floor").await?;
     raw.activate(None).await?;
     anyhow::ensure!(
@@ -44,16 +35,32 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
     );
     let warm_until = Instant::now() + warm;
     while Instant::now() < warm_until {
+        call(&silo, "counter", "bench", "get", PAYLOAD).await?;
         raw.handle("get", PAYLOAD).await?;
     }
-    let mut floor = Latencies::default();
-    let started = Instant::now();
-    while started.elapsed() < measure {
-        let t = Instant::now();
-        raw.handle("get", PAYLOAD).await?;
-        floor.push(t);
+    // Alternating short slices: a neighbour slowing the machine for a few seconds slows
+    // both sides alike instead of skewing the ratio.
+    let slice = measure / SLICES;
+    let (mut ours, mut floor) = (Latencies::default(), Latencies::default());
+    let (mut ours_time, mut floor_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..SLICES {
+        let started = Instant::now();
+        while started.elapsed() < slice {
+            let t = Instant::now();
+            call(&silo, "counter", "bench", "get", PAYLOAD).await?;
+            ours.push(t);
+        }
+        ours_time += started.elapsed();
+        let started = Instant::now();
+        while started.elapsed() < slice {
+            let t = Instant::now();
+            raw.handle("get", PAYLOAD).await?;
+            floor.push(t);
+        }
+        floor_time += started.elapsed();
     }
-    let floor_rate = floor.0.len() as f64 / started.elapsed().as_secs_f64();
+    let ours_rate = ours.0.len() as f64 / ours_time.as_secs_f64();
+    let floor_rate = floor.0.len() as f64 / floor_time.as_secs_f64();
     progress(
         ROW,
         format!("ours {ours_rate:.0} calls/s, floor {floor_rate:.0} calls/s"),
@@ -73,7 +80,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<RowOut> {
         .note(
             "Ours is `Silo::call` awaited in a loop by one tokio task: catalog lookup, \
              the activation's turn lock, the turn run in the caller's task (the activation \
-             is idle), oneshot reply, metrics",
+             is idle), oneshot reply, metrics. The two sides alternate in 20 slices each",
         ),
         Figure::new(
             "  in-process call p50",
