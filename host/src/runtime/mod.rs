@@ -1,6 +1,7 @@
 //! The wasmtime side of the silo: one `Engine` (component model, async, epoch
-//! interruption, pooling allocator or arena memories as the capacity plan says), the `Linker` with WASI and the grain host interfaces,
-//! the kinds loaded from the grains directory, and the per-activation store data.
+//! interruption; pooled instances or arena memories, as the capacity plan says), the
+//! `Linker` with WASI and the grain host interfaces, the kinds loaded from the grains
+//! directory, and the per-activation store data.
 //!
 //! Errors: wasmtime's own `Result` is a trap or a host bug; what the guest sees is the
 //! inner WIT result. `?` turns wasmtime errors into `anyhow` for plumbing.
