@@ -14,6 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
+/// Slots and released ranges are multiples of the wasm page, so they stay aligned to the
+/// host's pages whether those are 4, 16 or 64 KiB.
+const ALIGN: usize = 64 << 10;
+
 /// The reserved region and its free slots; shared by the memories cut from it.
 pub struct MemoryArena {
     inner: Arc<Region>,
@@ -31,8 +35,7 @@ impl MemoryArena {
     /// Reserves `slots` memories of `slot_size` bytes each (address space only: pages
     /// become resident when a guest touches them).
     pub fn reserve(slots: usize, slot_size: usize) -> std::io::Result<Self> {
-        let page = 4096;
-        let slot_size = slot_size.div_ceil(page) * page;
+        let slot_size = slot_size.max(1).div_ceil(ALIGN) * ALIGN;
         let len = slots
             .checked_mul(slot_size)
             .ok_or_else(|| std::io::Error::other("arena size overflows"))?;
@@ -129,7 +132,7 @@ unsafe impl LinearMemory for ArenaMemory {
 
 impl Drop for ArenaMemory {
     fn drop(&mut self) {
-        if release_pages(self.as_ptr(), self.size.div_ceil(4096) * 4096).is_ok() {
+        if release_pages(self.as_ptr(), self.size.div_ceil(ALIGN) * ALIGN).is_ok() {
             self.region.lock_free().push(self.slot);
         } else {
             // A slot whose pages could not be zeroed must never serve another grain.
@@ -180,4 +183,51 @@ fn release_pages(_ptr: *mut u8, _len: usize) -> std::io::Result<()> {
     Err(std::io::Error::other(
         "the memory arena is only built for Linux",
     ))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn memory(arena: &MemoryArena, bytes: usize) -> Result<Box<dyn LinearMemory>, String> {
+        arena.new_memory(MemoryType::new(1, None), bytes, None, None, 0)
+    }
+
+    #[test]
+    fn a_freed_memory_comes_back_zeroed_to_the_next_one() {
+        let arena = MemoryArena::reserve(1, 2 * ALIGN).unwrap();
+        let mut first = memory(&arena, ALIGN).unwrap();
+        first.grow_to(2 * ALIGN).unwrap();
+        // SAFETY: both bytes are inside the memory's current size.
+        unsafe {
+            first.as_ptr().write(0xa5);
+            first.as_ptr().add(2 * ALIGN - 1).write(0x5a);
+        }
+        let base = first.as_ptr();
+        assert!(memory(&arena, ALIGN).is_err(), "the only slot is in use");
+        drop(first);
+        let second = memory(&arena, ALIGN).unwrap();
+        assert_eq!(second.as_ptr(), base, "the slot was reused");
+        // SAFETY: the slot stays mapped; its pages were released, so they read as zero.
+        unsafe {
+            assert_eq!(second.as_ptr().read(), 0);
+            assert_eq!(second.as_ptr().add(2 * ALIGN - 1).read(), 0);
+        }
+    }
+
+    #[test]
+    fn memories_never_grow_past_their_slot() {
+        let arena = MemoryArena::reserve(2, ALIGN).unwrap();
+        let mut memory = memory(&arena, ALIGN).unwrap();
+        assert_eq!(memory.byte_capacity(), ALIGN);
+        assert!(memory.grow_to(2 * ALIGN).is_err());
+        assert_eq!(memory.byte_size(), ALIGN);
+        let too_big = arena.new_memory(MemoryType::new(2, None), 2 * ALIGN, None, None, 0);
+        assert!(too_big.is_err());
+        let guarded = arena.new_memory(MemoryType::new(1, None), ALIGN, None, None, ALIGN);
+        assert!(
+            guarded.is_err(),
+            "an engine expecting guard pages is refused"
+        );
+    }
 }
