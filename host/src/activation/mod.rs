@@ -23,6 +23,7 @@ mod turns;
 
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::grain_id::GrainId;
@@ -78,6 +79,9 @@ pub struct ActivationInfo {
     /// Cancelled once the activation has committed its last turn and left the catalog;
     /// callers that found its mailbox closed wait on it before activating a successor.
     pub stopped: CancellationToken,
+    /// Woken when a turn changed the instance's timers, so the activation's task re-arms
+    /// its tick timer even when the turn ran in a caller's task.
+    pub timers_changed: Notify,
 }
 
 impl ActivationInfo {
@@ -91,6 +95,7 @@ impl ActivationInfo {
             deactivate: CancellationToken::new(),
             reason: AtomicU8::new(DeactivationReason::Idle as u8),
             stopped: CancellationToken::new(),
+            timers_changed: Notify::new(),
         }
     }
 

@@ -28,7 +28,6 @@ async fn run(
     mut mailbox: mpsc::Receiver<Message>,
 ) {
     let idle = silo.config.idle_timeout();
-    let timers_changed = activation.lock().await.timers_changed();
     // Pinned once: a fresh `cancelled()` per iteration would register and unregister
     // a waiter on every turn.
     let deactivate = info.deactivate.cancelled();
@@ -37,7 +36,7 @@ async fn run(
     let idle_timer = tokio::time::sleep(idle);
     let tick_timer = tokio::time::sleep(Duration::ZERO);
     // Registered with the `Notify` once, not once per iteration.
-    let changed = timers_changed.notified();
+    let changed = info.timers_changed.notified();
     tokio::pin!(deactivate, idle_timer, tick_timer, changed);
     let mut last_turn = Instant::now();
     // When the next timer is due, as of the last turn this task ran or the last change a
@@ -79,7 +78,7 @@ async fn run(
             },
             // A turn run by a caller changed the timers: re-arm from them.
             () = &mut changed => {
-                changed.set(timers_changed.notified());
+                changed.set(info.timers_changed.notified());
                 timer_due = activation.lock().await.next_timer();
             }
             _ = &mut idle_timer => {

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tracing::Instrument;
 use wasmtime::{Store, UpdateDeadline};
 
@@ -38,9 +37,6 @@ pub struct Activation {
     /// Set by the activation's task, under the lock, before it closes the mailbox and
     /// deactivates: a caller that takes the lock afterwards must not run a turn here.
     closed: bool,
-    /// Woken when a turn changed the timers, so the task re-arms its tick timer even when
-    /// the turn ran in a caller's task.
-    timers_changed: Arc<Notify>,
 }
 
 /// An activation behind its turn lock. Whoever holds the lock runs the next turn: the
@@ -74,7 +70,6 @@ impl Activation {
             live: None,
             turn_timeout,
             closed: false,
-            timers_changed: Arc::new(Notify::new()),
         }))
     }
 
@@ -88,9 +83,6 @@ impl Activation {
         self.closed = true;
     }
 
-    pub(super) fn timers_changed(&self) -> Arc<Notify> {
-        self.timers_changed.clone()
-    }
     /// When the live instance's next timer is due; none while draining, so no tick starts
     /// once the drain began.
     pub(super) fn next_timer(&self) -> Option<Instant> {
@@ -301,7 +293,7 @@ impl Activation {
         let turn = std::mem::replace(&mut host.turn, placeholder);
         if !turn.timers.is_empty() {
             host.timers.apply(turn.timers, Instant::now());
-            self.timers_changed.notify_one();
+            self.info.timers_changed.notify_one();
         }
         let read_only = turn.state.is_none()
             && turn.sends.is_empty()
