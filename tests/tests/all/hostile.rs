@@ -732,6 +732,13 @@ async fn bad_pointers_under(env: &[(&str, &str)], allocation: &str) {
     assert_eq!(call("hostile/h", "fine").await, (200, "".into()));
     assert_eq!(call("hostile/h", "valid_log").await, (200, "".into()));
     assert_eq!(call("hostile/h", "edge").await, (200, "".into()));
+    // Growing past the memory limit is the memory error, whichever allocation holds it.
+    let (status, body) = call("hostile/h", "grow_huge").await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (500, "memory"),
+        "{body}"
+    );
     let cases = [
         ("past_end", "out of bounds memory access"),
         ("oob_log", "string pointer/length out of bounds of memory"),

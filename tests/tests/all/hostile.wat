@@ -11,6 +11,7 @@
 ;;   valid_log     context.log with a proper line (the control case)
 ;;   past_end      the guest itself loads the byte just past the end of its memory
 ;;   edge          the guest loads the last byte of its memory (the control case)
+;;   grow_huge     the guest grows its memory by 128 MiB, past the memory limit
 ;;   anything else returns an empty `ok`
 ;;
 ;; The types are imported from granary:grain/types@0.1.0 and re-imported by name for the
@@ -110,6 +111,9 @@
       ;; 'e': a load of the last byte of linear memory, which must not
       (if (i32.eq (local.get $first) (i32.const 101))
         (then (drop (i32.load8_u (i32.sub (i32.mul (memory.size) (i32.const 65536)) (i32.const 1))))))
+      ;; 'g': memory.grow by 2048 pages (128 MiB), past the silo's memory limit
+      (if (i32.eq (local.get $first) (i32.const 103))
+        (then (drop (memory.grow (i32.const 2048)))))
       ;; 'r': valid bytes, but the result must be written outside memory
       (if (i32.eq (local.get $first) (i32.const 114))
         (then (call $state-write (i32.const 80) (i32.const 14) (i32.const 0x7ffffff0))))
